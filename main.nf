@@ -1,0 +1,124 @@
+#!/usr/bin/env nextflow
+/*
+ * AIoD: segment microscopy images far larger than one GPU, substack by substack, merge the
+ * substacks into one seam-free instance mask, and keep every result in a shared cache keyed by
+ * what made it. See README.md and docs/.
+ */
+
+include { RESOLVE_MODEL } from './modules/local/resolve_model'
+include { CHECK_INPUT   } from './modules/local/check_input'
+include { PLAN          } from './modules/local/plan'
+include { SEGMENT       } from './modules/local/segment'
+include { MERGE         } from './modules/local/merge'
+include { FINALIZE      } from './modules/local/finalize'
+
+// A digest of the Python package that every task runs. Nextflow hashes the bin/ scripts a
+// task names, not the modules they import, so each process takes this as an input: editing
+// any source file under src/aiod/ reruns the tasks on -resume instead of reusing stale work.
+def pythonSourcesDigest(File dir) {
+    def digest = java.security.MessageDigest.getInstance('SHA-256')
+    def sources = []
+    dir.eachFileRecurse(groovy.io.FileType.FILES) { f -> if (f.name.endsWith('.py')) sources << f }
+    sources.sort { f -> f.path }.each { f ->
+        digest.update(dir.toPath().relativize(f.toPath()).toString().bytes)
+        digest.update(f.bytes)
+    }
+    return digest.digest().encodeHex().toString().take(16)
+}
+
+// `--help`: every parameter with its default and meaning, read from nextflow_schema.json.
+def helpText(File schemaFile) {
+    def schema = new groovy.json.JsonSlurper().parse(schemaFile)
+    def lines = ["Usage: nextflow run main.nf --input images.csv --model classical --outdir results [-profile ...] [-resume]", '']
+    schema['$defs'].each { group_name, group ->
+        lines << "${group.title}:"
+        group.properties.each { name, spec ->
+            if (spec.hidden) {
+                return
+            }
+            def dflt = spec.containsKey('default') ? " [default: ${spec.default}]" : ''
+            lines << String.format('  --%-16s %s%s', name, spec.description, dflt)
+        }
+        lines << ''
+    }
+    return lines.join('\n')
+}
+
+workflow {
+    if (params.help) {
+        log.info(helpText(file("${projectDir}/nextflow_schema.json").toFile()))
+        return
+    }
+    if (!params.input) {
+        error("AIOD ERROR: --input is required: a CSV samplesheet with columns id,image[,axes,channel,ground_truth] (see docs/usage.md)")
+    }
+    code = pythonSourcesDigest(file("${projectDir}/src/aiod").toFile())
+    samplesheet = file(params.input, checkIfExists: true)
+
+    // [model, version, overrides file or []]: ['classical', 'nuclei', []]
+    ch_model_request = channel.of([params.model, params.model_version, params.model_params ? file(params.model_params, checkIfExists: true) : []])
+    RESOLVE_MODEL(ch_model_request, code)
+
+    // [samplesheet, folder that relative image paths start from]: [images.csv, '/data']
+    CHECK_INPUT(channel.of([samplesheet, samplesheet.parent.toString()]), code)
+
+    // [meta, image]: [[id: 'field1', axes: 'YX', channel: ''], /data/field1.tif]
+    ch_images = CHECK_INPUT.out.samples
+        .splitCsv(header: true)
+        .map { row -> [[id: row.id, axes: row.axes, channel: row.channel], file(row.image)] }
+
+    PLAN(ch_images, RESOLVE_MODEL.out.model.first(), code)
+
+    // [meta, plan, status, n]: [[id: 'field1', ...], plan.json, 'miss', '4'] split by cache status
+    ch_planned = PLAN.out.plan.branch { meta, plan, status, n ->
+        hit: status == 'hit'
+        miss: true
+    }
+
+    // [meta + substack, image, plan]: one element per substack of every image not in the cache
+    ch_substacks = ch_planned.miss
+        .join(ch_images)
+        .flatMap { meta, plan, status, n, image ->
+            (0..<(n as int)).collect { i -> [meta + [substack: i, n_substacks: n as int], image, plan] }
+        }
+    SEGMENT(ch_substacks, code)
+
+    // [meta, plan, [substack labels]]: an image's merge starts as soon as its own substacks are done
+    ch_to_merge = SEGMENT.out.labels
+        .map { meta, labels -> [groupKey(meta.id, meta.n_substacks), labels] }
+        .groupTuple()
+        .map { key, labels -> [key.toString(), labels] }
+        .join(ch_planned.miss.map { meta, plan, status, n -> [meta.id, meta, plan] })
+        .map { id, labels, meta, plan -> [meta, plan, labels] }
+    MERGE(ch_to_merge, code)
+
+    // [meta, plan, result or []]: merged results go into the cache, hits are published from it
+    ch_final = MERGE.out.result.mix(ch_planned.hit.map { meta, plan, status, n -> [meta, plan, []] })
+    FINALIZE(ch_final, code)
+
+    FINALIZE.out.record
+        .map { meta, record -> new groovy.json.JsonSlurper().parse(record.toFile()) }
+        .toSortedList { a, b -> a.id <=> b.id }
+        .subscribe { records -> log.info(summaryText(records, params.outdir)) }
+
+    workflow.onComplete = {
+        if (workflow.success) {
+            log.info("AIoD: done in ${workflow.duration}; results in ${params.outdir}, cache in ${params.root_dir}/aiod_cache")
+        }
+    }
+    workflow.onError = {
+        def reasons = (workflow.errorReport ?: '').readLines().findAll { line -> line.contains('AIOD ERROR:') }.unique()
+        log.error(reasons ? reasons.join('\n') : "AIoD stopped: ${workflow.errorMessage}")
+    }
+}
+
+// One line per image: where it came from (cache or computed), objects found, where it went.
+def summaryText(List records, String outdir) {
+    def lines = ['', 'AIoD summary', String.format('  %-20s %-9s %10s  %s', 'image', 'source', 'objects', 'result')]
+    records.each { r ->
+        lines << String.format('  %-20s %-9s %10d  %s', r.id, r.cache_hit ? 'cache' : 'computed', r.n_objects, "${outdir}/${r.id}.ome.zarr")
+    }
+    def computed = records.count { r -> !r.cache_hit }
+    lines << "  ${records.size()} image(s): ${computed} computed, ${records.size() - computed} from the cache"
+    return lines.join('\n')
+}

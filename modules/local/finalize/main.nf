@@ -1,0 +1,26 @@
+process FINALIZE {
+    tag "${meta.id}"
+    label 'cpu_small'
+
+    input:
+    tuple val(meta), path(plan), path(result)  // result: MERGE's output, or [] when the cache already has it
+    val code                                   // digest of the Python sources: a change reruns the task
+
+    output:
+    tuple val(meta), path("${meta.id}.ome.zarr"), emit: labels
+    tuple val(meta), path("${meta.id}.json"), emit: record
+    tuple val(meta), path("${meta.id}.tif"), optional: true, emit: tiff
+
+    script:
+    def args = task.ext.args ?: ''
+    def from_merge = result ? "--result ${result}" : ''
+    """
+    aiod finalize --plan ${plan} ${from_merge} --id '${meta.id}' ${args}
+    """
+
+    stub:
+    """
+    mkdir ${meta.id}.ome.zarr
+    echo '{"id": "${meta.id}", "objects": 0, "cache": "stub"}' > ${meta.id}.json
+    """
+}

@@ -1,0 +1,23 @@
+process MERGE {
+    tag "${meta.id}"
+    label 'cpu_large'
+
+    input:
+    tuple val(meta), path(plan), path(substacks, stageAs: 'substacks/*')
+    val code          // digest of the Python sources: a change reruns the task
+
+    output:
+    tuple val(meta), path(plan), path('result'), emit: result
+
+    script:
+    def args = task.ext.args ?: ''
+    """
+    aiod merge --plan ${plan} --out result ${args} substacks/*
+    """
+
+    stub:
+    """
+    mkdir -p result/labels.ome.zarr
+    echo '{"stub": true}' > result/manifest.json
+    """
+}
