@@ -1,0 +1,120 @@
+"""The whole pipeline on the real Nextflow engine: results, splitting, caching, resume, stub.
+
+One split run and one unsplit run of the demo data are shared by the tests of this file (they
+are the expensive part); every test then checks one behaviour of them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from aiod import demo, metrics
+from pipeline_helpers import cache_entries, processes, read_mask, run_pipeline, trace_rows, tree_digest
+
+pytestmark = pytest.mark.pipeline
+IDS = ["field_1", "field_2", "field_3", "field_4", "volume"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("demo")
+    sheet = demo.write_demo(folder)
+    return folder, sheet
+
+
+@pytest.fixture(scope="module")
+def split_run(tmp_path_factory, data):
+    """2x2 (2D) and 2x2x2 (3D) substacks, TIFF copies requested."""
+    folder, sheet = data
+    work = tmp_path_factory.mktemp("split")
+    run_pipeline(work, "--input", str(sheet), "--outdir", str(work / "results"), "--root_dir", str(work / "root"),
+                 "--num_substacks", "2", "--save_tiff", "--trace_report_suffix", "first")
+    return work
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory, data):
+    folder, sheet = data
+    work = tmp_path_factory.mktemp("whole")
+    run_pipeline(work, "--input", str(sheet), "--outdir", str(work / "results"), "--root_dir", str(work / "root"),
+                 "--num_substacks", "1", "--trace_report_suffix", "first")
+    return work
+
+
+def ground_truth(folder, sample_id):
+    return tifffile.imread(folder / f"{sample_id}_gt.tif")
+
+
+def test_split_run_segments_every_substack_as_its_own_task(split_run):
+    rows = trace_rows(split_run / "results", "first")
+    assert len(processes(rows, "SEGMENT", "COMPLETED")) == 4 * 4 + 8
+    assert len(processes(rows, "MERGE", "COMPLETED")) == 5
+    assert len(processes(rows, "FINALIZE", "COMPLETED")) == 5
+
+
+@pytest.mark.parametrize("sample_id", IDS)
+def test_masks_match_ground_truth(split_run, data, sample_id):
+    mask = read_mask(split_run / "results", sample_id)
+    score = metrics.match_labels(ground_truth(data[0], sample_id), mask, thresh=0.5)
+    assert score.f1 >= 0.95, score
+
+
+@pytest.mark.parametrize("sample_id", IDS)
+def test_split_gives_the_same_objects_as_one_substack(split_run, whole_run, sample_id):
+    split = read_mask(split_run / "results", sample_id)
+    whole = read_mask(whole_run / "results", sample_id)
+    assert metrics.match_labels(whole, split, thresh=0.5).f1 >= 0.999
+
+
+def test_masks_are_uint32_ome_zarr_labels_with_multiscales(split_run):
+    root = zarr.open_group(str(split_run / "results" / "volume.ome.zarr"), mode="r")
+    assert root.attrs["ome"]["labels"] == ["classical_nuclei"]
+    label = root["labels/classical_nuclei"]
+    multiscales = label.attrs["ome"]["multiscales"][0]
+    assert [a["name"] for a in multiscales["axes"]] == ["z", "y", "x"]
+    assert len(multiscales["datasets"]) >= 2
+    level0 = label[multiscales["datasets"][0]["path"]]
+    assert level0.dtype == np.uint32 and level0.shape == demo.SHAPE_3D
+    assert level0.chunks != level0.shape or max(level0.shape) <= 128
+
+
+def test_tiff_copy_equals_the_zarr_mask(split_run):
+    tiff = tifffile.imread(split_run / "results" / "field_1.tif")
+    np.testing.assert_array_equal(tiff, read_mask(split_run / "results", "field_1"))
+
+
+def test_results_are_in_the_cache_with_a_manifest(split_run):
+    entries = cache_entries(split_run / "root")
+    assert len(entries) == 5
+    for entry in entries:
+        manifest = json.loads((entry / "manifest.json").read_text())
+        assert manifest["key"] == entry.name
+        assert manifest["model"]["family"] == "classical"
+        assert manifest["n_objects"] > 0
+        assert set(manifest["timings"]["substacks"]) == {str(i) for i in range(len(manifest["plan"]["substacks"]))}
+    assert (split_run / "root" / "README.md").is_file()
+    record = json.loads((split_run / "results" / "volume.json").read_text())
+    assert record["cache_hit"] is False and record["n_objects"] == int(read_mask(split_run / "results", "volume").max())
+
+
+def test_second_identical_run_segments_nothing_and_publishes_from_the_cache(split_run, data):
+    before = {i: tree_digest(split_run / "results" / f"{i}.ome.zarr") for i in IDS}
+    proc = run_pipeline(split_run, "--input", str(data[1]), "--outdir", str(split_run / "results"),
+                        "--root_dir", str(split_run / "root"), "--num_substacks", "2", "--trace_report_suffix", "second")
+    rows = trace_rows(split_run / "results", "second")
+    assert processes(rows, "SEGMENT") == [] and processes(rows, "MERGE") == []
+    assert len(processes(rows, "FINALIZE", "COMPLETED")) == 5
+    assert {i: tree_digest(split_run / "results" / f"{i}.ome.zarr") for i in IDS} == before
+    assert "5 image(s): 0 computed, 5 from the cache" in proc.stdout
+    assert json.loads((split_run / "results" / "volume.json").read_text())["cache_hit"] is True
+
+
+def test_a_different_split_is_a_different_cache_entry(split_run, whole_run):
+    split_keys = {p.name for p in cache_entries(split_run / "root")}
+    whole_keys = {p.name for p in cache_entries(whole_run / "root")}
+    assert split_keys.isdisjoint(whole_keys)

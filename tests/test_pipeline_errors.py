@@ -1,0 +1,63 @@
+"""Bad input stops the run with one specific message and leaves nothing in the cache or outdir."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from pipeline_helpers import cache_entries, run_pipeline
+
+pytestmark = pytest.mark.pipeline
+
+
+@pytest.fixture
+def folder(tmp_path):
+    good = np.zeros((64, 64), dtype=np.uint16)
+    good[20:40, 20:40] = 1000
+    tifffile.imwrite(tmp_path / "good.tif", good)
+    return tmp_path
+
+
+def run_bad(folder, sheet_text, *params):
+    (folder / "images.csv").write_text(sheet_text)
+    proc = run_pipeline(folder, "--input", str(folder / "images.csv"), "--outdir", str(folder / "results"),
+                        "--root_dir", str(folder / "root"), *params, check=False)
+    assert proc.returncode != 0
+    assert cache_entries(folder / "root") == []
+    assert not list((folder / "results").glob("*.ome.zarr")) if (folder / "results").exists() else True
+    return proc.stdout + proc.stderr
+
+
+def last_error(output):
+    lines = [line for line in output.splitlines() if "AIOD ERROR:" in line]
+    assert lines, output[-3000:]
+    return lines[-1]
+
+
+def test_missing_image_is_named(folder):
+    out = run_bad(folder, "id,image\na,good.tif\nb,nothere.tif\n")
+    assert f"{folder / 'nothere.tif'}: file not found" in last_error(out)
+
+
+def test_corrupt_tiff_is_named(folder):
+    (folder / "broken.tif").write_bytes(b"II*\x00" + b"\x13" * 200)
+    out = run_bad(folder, "id,image\nbroken,broken.tif\n")
+    assert f"{folder / 'broken.tif'}: cannot be read as TIFF" in last_error(out)
+
+
+def test_misspelled_samplesheet_column_is_named(folder):
+    out = run_bad(folder, "id,imge\na,good.tif\n")
+    assert "images.csv: line 1: unknown column 'imge' (did you mean 'image'?)" in last_error(out)
+
+
+def test_unknown_model_lists_the_available_ones(folder):
+    out = run_bad(folder, "id,image\na,good.tif\n", "--model", "celpose")
+    assert "unknown model 'celpose'" in last_error(out) and "available models: classical" in last_error(out)
+
+
+def test_4d_image_without_axes_asks_for_them(folder):
+    tifffile.imwrite(folder / "four.tif", np.zeros((2, 3, 16, 16), dtype=np.uint8))
+    out = run_bad(folder, "id,image\nfour,four.tif\n")
+    error = last_error(out)
+    assert f"{folder / 'four.tif'}: image has 4 dimensions" in error and "axes" in error

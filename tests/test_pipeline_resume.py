@@ -1,0 +1,94 @@
+"""-resume after a killed run, stub runs, and source changes invalidating exactly what they should."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import tifffile
+
+from aiod import synthetic
+from pipeline_helpers import NEXTFLOW, ROOT, processes, run_pipeline, trace_rows, tree_digest
+
+pytestmark = pytest.mark.pipeline
+
+
+@pytest.fixture(scope="module")
+def sheet(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    gt = synthetic.touching_nuclei((384, 384), n=120, radius=(7.0, 11.0), seed=5)
+    tifffile.imwrite(folder / "big.tif", synthetic.render_nuclei(gt, seed=6))
+    (folder / "images.csv").write_text("id,image\nbig,big.tif\n")
+    return folder / "images.csv"
+
+
+def segment_tasks_done(work_dir):
+    return sum(1 for script in work_dir.glob("*/*/.command.sh")
+               if "aiod segment" in script.read_text() and (script.parent / ".exitcode").exists())
+
+
+def test_killed_run_resumes_to_a_byte_identical_mask(tmp_path, sheet):
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    run_pipeline(reference, "--input", str(sheet), "--outdir", "results", "--root_dir", str(reference / "root"),
+                 "--num_substacks", "4")
+
+    work = tmp_path / "killed"
+    work.mkdir()
+    args = ["run", str(ROOT / "main.nf"), "-profile", "test", "-ansi-log", "false", "--input", str(sheet),
+            "--outdir", "results", "--root_dir", str(work / "root"), "--num_substacks", "4", "--trace_report_suffix", "killed"]
+    env = {**os.environ, "NXF_OFFLINE": "true", "NXF_DISABLE_CHECK_LATEST": "true"}
+    proc = subprocess.Popen([NEXTFLOW, *args], cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while segment_tasks_done(work / "root" / "work") < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed: give it more substacks"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (work / "results" / "big.ome.zarr").exists()
+    assert not list((work / "root" / "aiod_cache").glob("*/*_masks/*")) if (work / "root" / "aiod_cache").exists() else True
+
+    run_pipeline(work, "--input", str(sheet), "--outdir", "results", "--root_dir", str(work / "root"),
+                 "--num_substacks", "4", "--trace_report_suffix", "resumed", resume=True)
+    rows = trace_rows(work / "results", "resumed")
+    assert len(processes(rows, "SEGMENT", "CACHED")) >= 2
+    assert len(processes(rows, "SEGMENT")) == 16
+    assert tree_digest(work / "results" / "big.ome.zarr") == tree_digest(reference / "results" / "big.ome.zarr")
+
+
+def test_stub_run_walks_the_whole_dag(tmp_path, sheet):
+    run_pipeline(tmp_path, "--input", str(sheet), "--outdir", "results", "--root_dir", str(tmp_path / "root"),
+                 "--trace_report_suffix", "stub", stub=True)
+    rows = trace_rows(tmp_path / "results", "stub")
+    for name, count in [("RESOLVE_MODEL", 1), ("CHECK_INPUT", 1), ("PLAN", 1), ("SEGMENT", 2), ("MERGE", 1), ("FINALIZE", 1)]:
+        assert len(processes(rows, name, "COMPLETED")) == count, name
+    assert not (tmp_path / "root" / "aiod_cache").exists()
+
+
+@pytest.fixture
+def project_copy(tmp_path):
+    """The pipeline's files in a folder of the test's own, sharing the project's environment."""
+    copy = tmp_path / "project"
+    copy.mkdir()
+    for name in ["main.nf", "nextflow.config", "nextflow_schema.json", "conf", "modules", "bin", "src"]:
+        source = ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copy2)(source, copy / name)
+    (copy / ".venv").symlink_to(ROOT / ".venv")
+    return copy
+
+
+def test_editing_python_source_reruns_tasks_on_resume(tmp_path, sheet, project_copy):
+    common = ["--input", str(sheet), "--outdir", "results", "--root_dir", str(tmp_path / "root"), "--num_substacks", "2"]
+    run_pipeline(tmp_path, *common, "--trace_report_suffix", "a", project=project_copy)
+    run_pipeline(tmp_path, *common, "--trace_report_suffix", "b", project=project_copy, resume=True)
+    assert {r["status"] for r in processes(trace_rows(tmp_path / "results", "b"), "SEGMENT")} == {"CACHED"}
+
+    source = project_copy / "src" / "aiod" / "models" / "classical.py"
+    source.write_text(source.read_text() + "\n# an edit\n")
+    run_pipeline(tmp_path, *common, "--trace_report_suffix", "c", project=project_copy, resume=True)
+    assert {r["status"] for r in processes(trace_rows(tmp_path / "results", "c"), "SEGMENT")} == {"COMPLETED"}
