@@ -9,6 +9,8 @@ run on the whole image.
 import numpy as np
 import pytest
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aiod import merge, metrics, synthetic
 from aiod.errors import AiodError
@@ -162,13 +164,13 @@ def test_ids_are_consecutive_from_one(tmp_path):
 
 def test_ids_follow_smallest_substack_then_local_label(tmp_path):
     gt = np.zeros((16, 16), dtype=np.uint8)
-    gt[1:3, 9:11], gt[1:3, 1:3], gt[12:14, 1:3] = 5, 9, 2  # 5 and 9 in substack 0, 2 in 2
+    gt[1:3, 4:6], gt[1:3, 1:3], gt[12:14, 1:3] = 5, 9, 2  # 5 and 9 in substack 0, 2 in 2
 
     def identity(g, box, rng):
         return g[box]
 
     out, _ = split_and_merge(tmp_path, gt, (2, 2), 2, identity)
-    assert out[1, 1] == 2 and out[1, 9] == 1 and out[12, 1] == 3
+    assert out[1, 4] == 1 and out[1, 1] == 2 and out[12, 1] == 3
 
 
 def test_more_than_uint32_objects_switch_to_uint64(tmp_path, monkeypatch):
@@ -201,3 +203,37 @@ def test_substack_of_wrong_shape_is_named(tmp_path):
     paths = [tmp_path / "0.zarr", tmp_path / "1.zarr"]
     with pytest.raises(AiodError, match=r"0.zarr: substack 0 has shape \(5, 5\), its box is \(20, 32\)"):
         merge.merge_substacks(plan, paths, lambda d: np.zeros((32, 32), d))
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    grid=st.tuples(st.integers(1, 4), st.integers(1, 4)),
+    halo=st.integers(2, 24),
+)
+def test_perfect_model_on_any_nuclei_grid_and_halo_gives_back_the_objects(tmp_path_factory, seed, grid, halo):
+    gt = synthetic.touching_nuclei((128, 128), n=60, radius=(4, 10), seed=seed)
+    out, _ = split_and_merge(tmp_path_factory.mktemp("m"), gt, grid, halo, synthetic.perfect_local_model, seed)
+    assert same_partition(gt, out)
+
+
+def test_empty_image_merges_to_zero_objects(tmp_path):
+    gt = np.zeros((32, 32), dtype=np.uint16)
+    out, stats = split_and_merge(tmp_path, gt, (2, 2), 4, synthetic.perfect_local_model)
+    assert stats.n_objects == 0 and out.dtype == np.uint32 and not out.any()
+
+
+def test_without_overlap_objects_touching_across_a_seam_are_joined(tmp_path):
+    gt = np.zeros((16, 16), dtype=np.uint32)
+    gt[2:8, 4:12], gt[8:14, 4:12] = 1, 2  # touch along the seam at row 8
+    out, stats = split_and_merge(tmp_path, gt, (2, 1), 0, synthetic.perfect_local_model)
+    assert stats.n_objects == 1  # no shared region to tell them apart: documented behaviour
+
+
+def test_neighbour_outside_the_shared_region_is_not_joined_to_an_object_crossing_the_seam(tmp_path):
+    gt = np.zeros((16, 16), dtype=np.uint32)
+    gt[4:12, 2:7] = 1  # ends one column before the shared region (columns 7 and 8)
+    gt[4:12, 7:13] = 2  # touches it and crosses the seam at column 8
+    out, stats = split_and_merge(tmp_path, gt, (1, 2), 1, synthetic.perfect_local_model)
+    assert stats.n_objects == 2
+    assert same_partition(gt, out)

@@ -36,6 +36,11 @@ def _dims(shape) -> str:
     return "x".join(str(n) for n in shape)
 
 
+def _reason(exc: Exception) -> str:
+    """A library's error as one line (messages must stay on one line)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def check_axes(axes: str, what: str = "axes") -> str:
     """Upper-case `axes` and check it uses T,C,Z,Y,X at most once each and has Y and X.
 
@@ -208,29 +213,30 @@ def _ome_scale(tf: tifffile.TiffFile) -> dict | None:
     return None
 
 
-def _open_tiff(path: Path, declared: str | None) -> ImageSource:
+def _tiff_file(path: Path) -> tifffile.TiffFile:
     try:
         tf = tifffile.TiffFile(path)
     except Exception as e:  # tifffile raises several types for corrupt or foreign files
-        raise InputError(f"{path}: cannot be read as TIFF ({e})") from None
+        raise InputError(f"{path}: cannot be read as TIFF ({_reason(e)})") from None
+    if not tf.series:
+        tf.close()
+        raise InputError(f"{path}: cannot be read as TIFF (no image series in the file)")
+    return tf
+
+
+def _open_tiff(path: Path, declared: str | None) -> ImageSource:
+    tf = _tiff_file(path)
     try:
-        if not tf.series:
-            raise InputError(f"{path}: cannot be read as TIFF (no image series in the file)")
         series = tf.series[0]
-        shape, meta = tuple(series.shape), series.axes
-        squeeze = True
-        full = tuple(series.get_shape(False))
-        if declared is not None and len(declared) != len(shape) and len(declared) == len(full):
-            shape, meta, squeeze = full, series.get_axes(False), False
-        axes = _resolve_axes(path, shape, declared, _metadata_axes(meta))
-        meta_axes = _metadata_axes(meta)
+        shape, meta_axes = tuple(series.shape), _metadata_axes(series.axes)
+        axes = _resolve_axes(path, shape, declared, meta_axes)
         scale = _ome_scale(tf) if declared is None or declared.upper() == meta_axes else None
         if series.dataoffset is not None and not series.transform:
             dtype = np.dtype(series.dtype).newbyteorder(tf.byteorder)
             array = np.memmap(path, dtype=dtype, mode="r", offset=series.dataoffset, shape=shape)
             tf.close()
             return ImageSource(path, array, axes, scale)
-        store = series.aszarr(level=0, squeeze=squeeze)
+        store = series.aszarr(level=0)
         array = zarr.open_array(store, mode="r")
         return ImageSource(path, array, axes, scale, closers=(tf.close, store.close))
     except BaseException:
@@ -261,7 +267,7 @@ def _zarr_level0(path: Path):
     try:
         node = zarr.open(store=str(path), mode="r")
     except Exception as e:
-        raise InputError(f"{path}: cannot be read as zarr ({e})") from None
+        raise InputError(f"{path}: cannot be read as zarr ({_reason(e)})") from None
     if isinstance(node, zarr.Array):
         names = getattr(node.metadata, "dimension_names", None)
         axes = _metadata_axes("".join(names)) if names and all(
@@ -402,13 +408,6 @@ def fingerprint(path, mode: str = "sample") -> str:
 
 def _tiff_header(path: Path) -> tuple[list[int], str, str]:
     """(shape, dtype, metadata axes) of a TIFF's first series, reading only its header."""
-    try:
-        with tifffile.TiffFile(path) as tf:
-            if not tf.series:
-                raise InputError(f"{path}: cannot be read as TIFF (no image series in the file)")
-            s = tf.series[0]
-            return list(s.shape), str(np.dtype(s.dtype)), s.axes
-    except InputError:
-        raise
-    except Exception as e:
-        raise InputError(f"{path}: cannot be read as TIFF ({e})") from None
+    with _tiff_file(path) as tf:
+        s = tf.series[0]
+        return list(s.shape), str(np.dtype(s.dtype)), s.axes

@@ -6,13 +6,17 @@ integer dtype, 0 = background, local ids arbitrary. The merge:
 1. **Ownership.** Every output voxel takes its label from the substack whose *core* holds it
    (the one that saw it with the most context). A *node* is (substack, local label) for every
    local label with at least one voxel in its own core.
-2. **Links.** For every pair of substacks whose cores touch (face, edge or corner), the nodes
-   (s, a), (t, b) whose core voxels are adjacent across the seam (full connectivity) are the
-   only candidates. They are linked when, in the shared region R = box(s) ∩ box(t) that both
-   substacks labelled, |a ∩ b| >= link_threshold * min(|a ∩ R|, |b ∩ R|). An object crossing
-   a seam is seen by both and overlaps itself; touching objects share only a thin boundary.
-   Chains of links join objects longer than the halo and non-convex objects that one substack
-   sees as two pieces. (With zero overlap R is empty and every adjacent pair is linked.)
+2. **Links.** For every pair of substacks s, t whose cores touch (face, edge or corner), the
+   candidates are the node pairs (s, a), (t, b) whose core voxels come within `SEAM_REACH`
+   (2) voxels of each other across the seam (chessboard distance: adjacency, plus the
+   one-voxel gap that a boundary drawn a voxel in by one model and a voxel out by the other
+   leaves). It is enough to read a band of 2 * SEAM_REACH voxels along the seam. A candidate
+   is linked when, in the shared region R = box(s) ∩ box(t) that both substacks labelled,
+   |a ∩ b| >= link_threshold * min(|a ∩ R|, |b ∩ R|) and |a ∩ b| > 0, counted on the two
+   label arrays cropped to R. An object crossing a seam is seen by both and overlaps itself; touching
+   objects share only a thin boundary. Chains of links join objects longer than the halo and
+   non-convex objects that one substack sees as two pieces. (With zero overlap R is empty:
+   then the candidates are the pairs adjacent across the seam, and all of them are linked.)
 3. **Ids.** Connected components of the link graph get ids 1..n in the order of their
    smallest (substack index, local label); uint32, or uint64 beyond 2**32 - 1 objects.
 4. **Write.** Each substack's core is mapped local -> global and written to the output, one
@@ -35,10 +39,15 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from aiod.errors import AiodError
+from aiod.metrics import pair_counts
 from aiod.planner import Plan
 
 UINT32_MAX_OBJECTS = int(np.iinfo(np.uint32).max)  # more objects than this -> uint64 ids
 CHUNK_EDGE = {2: 512, 3: 128}
+# Nodes whose owned voxels come this close across a seam are candidates for a link: 1 is
+# plain adjacency; 2 also bridges the one-voxel gap left where one substack's model draws an
+# object's boundary a voxel inside and the other's a voxel outside.
+SEAM_REACH = 2
 
 
 def write_substack_labels(path, labels: np.ndarray, index: int) -> None:
@@ -79,7 +88,7 @@ class MergeStats:
     n_links: int  # node pairs joined across seams
     n_substacks: int
     n_nodes: int  # (substack, local label) pairs owning core voxels
-    n_candidates: int  # node pairs adjacent across a seam (linked or not)
+    n_candidates: int  # node pairs tested for a link (adjacent across a seam or overlapping)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -123,11 +132,12 @@ def _open_all(plan: Plan, paths: Sequence) -> list:
     return arrays
 
 
-def _seam_pairs(plan: Plan, arrays, s: int, t: int) -> np.ndarray:
-    """Unique (a, b): local labels of s and t whose core voxels are adjacent across the seam."""
+def _seam_pairs(plan: Plan, arrays, s: int, t: int, r: int) -> np.ndarray:
+    """Unique (a, b): local labels of s and t with core voxels within r voxels of each other
+    (chessboard distance) across the seam."""
     cs, ct = plan.substacks[s], plan.substacks[t]
     band = tuple(
-        (max(0, max(a0, b0) - 1), min(n, min(a1, b1) + 1))
+        (max(0, max(a0, b0) - r), min(n, min(a1, b1) + r))
         for (a0, a1), (b0, b1), n in zip(cs.core, ct.core, plan.spatial_shape)
     )
     shape = tuple(b - a for a, b in band)
@@ -142,7 +152,7 @@ def _seam_pairs(plan: Plan, arrays, s: int, t: int) -> np.ndarray:
         layers.append((lab, own))
     (ls, ms), (lt, mt) = layers
     found = []
-    for off in itertools.product((-1, 0, 1), repeat=len(shape)):
+    for off in itertools.product(range(-r, r + 1), repeat=len(shape)):
         if not any(off):
             continue
         src = tuple(slice(max(0, -o), n - max(0, o)) for o, n in zip(off, shape))
@@ -162,22 +172,29 @@ def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarr
     return np.where(keys[pos] == query, values[pos], 0)
 
 
-def _link(plan, arrays, s, t, cand, threshold) -> np.ndarray:
-    """The candidate pairs (a, b) that overlap enough in R = box(s) ∩ box(t)."""
+def _candidates_and_links(plan, arrays, s, t, threshold):
+    """Candidate node pairs (a, b) of s and t (near each other across the seam), and those
+    among them that overlap enough in R = box(s) ∩ box(t) to be linked."""
     shared = _intersect(plan.substacks[s].box, plan.substacks[t].box)
-    if shared is None:  # zero overlap: nothing to compare, every adjacent pair is linked
-        return cand
+    if shared is None:  # no overlap, nothing to compare: every adjacent pair is linked
+        cand = _seam_pairs(plan, arrays, s, t, 1)
+        return cand, cand
+    cand = _seam_pairs(plan, arrays, s, t, SEAM_REACH)
+    if not len(cand):
+        return cand, cand
     x = _read(arrays[s], plan.substacks[s], shared).ravel().astype(np.int64)
     y = _read(arrays[t], plan.substacks[t], shared).ravel().astype(np.int64)
-    ux, ix, cx = np.unique(x, return_inverse=True, return_counts=True)
-    uy, iy, cy = np.unique(y, return_inverse=True, return_counts=True)
-    keys, cxy = np.unique(ix.astype(np.int64) * len(uy) + iy, return_counts=True)
-    size_a = _lookup(ux, cx, cand[:, 0])
-    size_b = _lookup(uy, cy, cand[:, 1])
-    ka, kb = np.searchsorted(ux, cand[:, 0]), np.searchsorted(uy, cand[:, 1])
-    inter = _lookup(keys, cxy, ka.astype(np.int64) * len(uy) + kb)
-    ok = inter >= threshold * np.minimum(size_a, size_b)
-    return cand[ok]
+    pa, pb, cxy = pair_counts(x, y)
+    ua, ia = np.unique(pa, return_inverse=True)
+    ub, ib = np.unique(pb, return_inverse=True)
+    size_a = _lookup(ua, np.bincount(ia.ravel(), weights=cxy), cand[:, 0])
+    size_b = _lookup(ub, np.bincount(ib.ravel(), weights=cxy), cand[:, 1])
+    # (pa, pb) come sorted, so their ranks in (ua, ub) give sorted keys
+    keys = ia.ravel().astype(np.int64) * len(ub) + np.searchsorted(ub, pb)
+    want = np.searchsorted(ua, cand[:, 0]).astype(np.int64) * len(ub) + np.searchsorted(ub, cand[:, 1])
+    inter = np.where((size_a > 0) & (size_b > 0), _lookup(keys, cxy, want), 0)
+    ok = (inter > 0) & (inter >= threshold * np.minimum(size_a, size_b))
+    return cand, cand[ok]
 
 
 def merge_substacks(
@@ -207,11 +224,8 @@ def merge_substacks(
         for t in plan.neighbours(s):
             if t < s:
                 continue
-            cand = _seam_pairs(plan, arrays, s, t)
+            cand, linked = _candidates_and_links(plan, arrays, s, t, link_threshold)
             n_cand += len(cand)
-            if not len(cand):
-                continue
-            linked = _link(plan, arrays, s, t, cand, link_threshold)
             ga = offsets[s] + np.searchsorted(nodes[s], linked[:, 0].astype(nodes[s].dtype))
             gb = offsets[t] + np.searchsorted(nodes[t], linked[:, 1].astype(nodes[t].dtype))
             edges.append(np.stack([ga, gb], 1))

@@ -58,6 +58,19 @@ def _reduce(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return uk, np.bincount(inv.ravel(), weights=counts).astype(np.int64)
 
 
+def pair_counts(x: np.ndarray, y: np.ndarray):
+    """(x labels, y labels, voxel counts) of the label pairs in two flat int64 arrays."""
+    ux, uy = np.unique(x), np.unique(y)
+    key = np.searchsorted(ux, x).astype(np.int64) * len(uy) + np.searchsorted(uy, y)
+    if len(ux) * len(uy) <= 1 << 22:
+        dense = np.bincount(key, minlength=len(ux) * len(uy))
+        k = np.flatnonzero(dense)
+        counts = dense[k]
+    else:
+        k, counts = np.unique(key, return_counts=True)
+    return ux[k // len(uy)], uy[k % len(uy)], counts.astype(np.int64)
+
+
 def contingency(gt, pred) -> Contingency:
     """Overlap counts of every (gt, pred) label pair, read block by block."""
     if tuple(gt.shape) != tuple(pred.shape):
@@ -69,10 +82,8 @@ def contingency(gt, pred) -> Contingency:
         sl = tuple(slice(c, c + b) for c, b in zip(corner, block))
         g = np.asarray(gt[sl]).ravel().astype(np.int64)
         p = np.asarray(pred[sl]).ravel().astype(np.int64)
-        ug, ig = np.unique(g, return_inverse=True)
-        up, ip = np.unique(p, return_inverse=True)
-        k, bc = np.unique(ig.astype(np.int64) * len(up) + ip, return_counts=True)
-        bk = np.stack([ug[k // len(up)], up[k % len(up)]], 1)
+        bg, bp, bc = pair_counts(g, p)
+        bk = np.stack([bg, bp], 1)
         keys, counts = _reduce(np.concatenate([keys, bk]), np.concatenate([counts, bc]))
     return Contingency(keys[:, 0], keys[:, 1], counts)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -28,7 +28,7 @@ from .imageio import check_axes, open_image
 COLUMNS = ("id", "image", "axes", "channel", "ground_truth")
 REQUIRED = ("id", "image")
 CHECKED_COLUMNS = ("id", "image", "axes", "channel", "ground_truth", "spatial_shape",
-                   "source_axes")
+                   "canonical_axes")
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 
 
@@ -76,15 +76,16 @@ class Sample(BaseModel):
 
 @dataclass(frozen=True)
 class CheckedSample:
-    """A sample whose image (and ground truth) opened and fit together."""
+    """A sample whose image (and ground truth) opened and fit together. The image fields are
+    None when the images were not opened (`check_samples(..., open_images=False)`)."""
 
     sample: Sample
-    image: Path              # absolute
-    axes: str                # canonical, as resolved, e.g. "CZYX"
-    source_axes: str         # stored order, one letter per stored dimension
-    spatial_shape: tuple[int, ...]
-    n_channels: int
-    ground_truth: Path | None  # absolute
+    image: Path                       # absolute
+    ground_truth: Path | None         # absolute
+    axes: str | None = None           # canonical, as resolved, e.g. "CZYX"
+    source_axes: str | None = None    # stored order, one letter per stored dimension
+    spatial_shape: tuple[int, ...] | None = None
+    n_channels: int | None = None
 
 
 def _where(sheet, line: int | None = None, column: str | None = None) -> str:
@@ -125,8 +126,9 @@ def _check_header(path, header: list[str]) -> list[str]:
     return names
 
 
-def read_samplesheet(path) -> list[Sample]:
-    """Read and validate a samplesheet CSV (structure only; images are not opened)."""
+def read_samplesheet(path, base_dir=None) -> list[Sample]:
+    """Read and validate a samplesheet CSV (structure only; images are not opened). Relative
+    paths start from `base_dir`, by default the samplesheet's folder."""
     path = Path(path)
     rows = _read_rows(path)
     numbered = [(i, r) for i, r in enumerate(rows, start=1) if any(c.strip() for c in r)]
@@ -137,7 +139,7 @@ def read_samplesheet(path) -> list[Sample]:
         raise SamplesheetError(f"{_where(path, 1)}: is empty; expected the header line with "
                                f"columns: {', '.join(COLUMNS)}")
     names = _check_header(path, numbered[0][1])
-    base = path.resolve().parent
+    base = Path(base_dir).resolve() if base_dir is not None else path.resolve().parent
     samples, first_line = [], {}
     for line, row in numbered[1:]:
         if len(row) != len(names):
@@ -188,8 +190,8 @@ def _check_one(s: Sample) -> CheckedSample:
             raise InputError(f"{_where(sheet, line, 'channel')}: {s.image} has {n} channels "
                              f"(axes {src.axes}); add a 'channel' column saying which one to "
                              f"segment (0..{n - 1})")
-        checked = CheckedSample(s, s.image.resolve(), src.axes, src.source_axes,
-                                src.spatial_shape, n, None)
+        checked = CheckedSample(s, s.image.resolve(), None, src.axes, src.source_axes,
+                                src.spatial_shape, n)
     if s.ground_truth is None:
         return checked
     try:
@@ -202,26 +204,34 @@ def _check_one(s: Sample) -> CheckedSample:
                              f"shape {_dims(gt.shape)} (axes {gt.axes}); expected a label "
                              f"image of the image's spatial shape {_dims(checked.spatial_shape)}"
                              f" ({''.join(a for a in checked.axes if a != 'C')})")
-    return CheckedSample(s, checked.image, checked.axes, checked.source_axes,
-                         checked.spatial_shape, n, s.ground_truth.resolve())
+    return replace(checked, ground_truth=s.ground_truth.resolve())
 
 
-def check_samples(samples: list[Sample]) -> list[CheckedSample]:
+def check_samples(samples: list[Sample], open_images: bool = True) -> list[CheckedSample]:
     """Open every image and ground truth lazily and check that they fit the row; raises
-    InputError naming samplesheet, line and column on the first problem."""
+    InputError naming samplesheet, line and column on the first problem. With
+    `open_images=False` (pipeline stub runs) only paths are made absolute."""
+    if not open_images:
+        return [CheckedSample(s, s.image.resolve(), s.ground_truth and s.ground_truth.resolve())
+                for s in samples]
     return [_check_one(s) for s in samples]
 
 
 def write_checked(checked: list[CheckedSample], out_csv) -> None:
-    """Write the normalized CSV the pipeline reads: id, image (absolute), axes (canonical, as
-    resolved), channel (as given or empty), ground_truth (absolute or empty), spatial_shape
-    (e.g. 64x128x128), source_axes (stored order: pass THIS as `axes` to open_image)."""
+    """Write the normalized CSV the pipeline reads: id, image (absolute), axes, channel (as
+    given or empty), ground_truth (absolute or empty), spatial_shape (e.g. 64x128x128),
+    canonical_axes (e.g. CZYX).
+
+    `axes` is the resolved STORED axis order (e.g. ZCYX, or TZCYX with T=1): the pipeline passes
+    it back to `open_image(image, axes)`, which then reads the image exactly as checked here.
+    The canonical order is not a valid declaration for files stored in another order. Without
+    opened images, `axes` is the declared value and the last two columns are empty."""
     with open(out_csv, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(CHECKED_COLUMNS)
         for c in checked:
-            w.writerow([c.sample.id, str(c.image), c.axes,
+            w.writerow([c.sample.id, str(c.image), c.source_axes or c.sample.axes or "",
                         "" if c.sample.channel is None else c.sample.channel,
                         "" if c.ground_truth is None else str(c.ground_truth),
-                        _dims(c.spatial_shape), c.source_axes])
+                        _dims(c.spatial_shape or ()), c.axes or ""])
 

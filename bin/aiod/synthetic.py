@@ -108,9 +108,12 @@ def render_nuclei(labels, *, seed: int) -> np.ndarray:
     return np.clip(img * 3000.0, 0, 65535).astype(np.uint16)
 
 
-def _paint(labels, region, value) -> None:
-    """Paint `value` where `region` is set and the image is still background."""
-    labels[region & (labels == 0)] = value
+def _paint(labels, region, value) -> bool:
+    """Paint `value` on `region` if it is all background (objects may touch, never overlap)."""
+    if np.any(labels[region]):
+        return False
+    labels[region] = value
+    return True
 
 
 def long_and_nonconvex(shape, *, seed: int, halo: int = 16) -> np.ndarray:
@@ -125,23 +128,23 @@ def long_and_nonconvex(shape, *, seed: int, halo: int = 16) -> np.ndarray:
     thick_z = None
     next_id = 1
     tries = 0
-    while tries < 40:
+    while tries < 80:
         tries += 1
         if ndim == 3:  # extrude 2D shapes through a slab of z
             z0 = int(rng.integers(0, max(1, shape[0] - 8)))
-            thick_z = (grids[0] >= z0) & (grids[0] < z0 + int(rng.integers(6, 16)))
-        w = int(rng.integers(5, 9))
+            thick_z = (grids[0] >= z0) & (grids[0] < z0 + int(rng.integers(8, 16)))
+        w = int(rng.integers(6, 10))
         if tries % 2:  # two touching parallel bars
             length = int(min(rng.uniform(4, 8) * halo, 0.9 * max(shape[-2:])))
             ax = int(rng.integers(0, 2))
             y0 = int(rng.integers(0, max(1, shape[-2 + ax] - 2 * w)))
             x0 = int(rng.integers(0, max(1, shape[-1 - ax] - length)))
-            for k in range(2):
-                across, along = yx[ax], yx[1 - ax]
-                region = (across >= y0 + k * w) & (across < y0 + (k + 1) * w)
-                region = region & (along >= x0) & (along < x0 + length)
-                _paint(labels, region if thick_z is None else region & thick_z, next_id)
-                next_id += 1
+            across, along = yx[ax], yx[1 - ax]
+            region = (across >= y0) & (across < y0 + 2 * w) & (along >= x0) & (along < x0 + length)
+            region = region if thick_z is None else region & thick_z
+            if _paint(labels, region, next_id):
+                labels[region & (across >= y0 + w)] = next_id + 1
+                next_id += 2
         else:  # a U: two arms joined by a base, opening up or down
             arm, span = int(2 * halo), int(rng.integers(3, 6)) * w
             y0 = int(rng.integers(0, max(1, shape[-2] - arm)))
@@ -152,15 +155,15 @@ def long_and_nonconvex(shape, *, seed: int, halo: int = 16) -> np.ndarray:
             base_y0 = y0 + arm - w if rng.integers(0, 2) else y0
             base = (y >= base_y0) & (y < base_y0 + w) & (x >= x0) & (x < x0 + span)
             region = arms | base
-            _paint(labels, region if thick_z is None else region & thick_z, next_id)
-            next_id += 1
+            next_id += _paint(labels, region if thick_z is None else region & thick_z, next_id)
     return _keep_largest_piece(labels)
 
 
 def _relabel_pieces(crop: np.ndarray, rng) -> np.ndarray:
     pieces = connected_pieces(crop, background=0, connectivity=crop.ndim)
     n = int(pieces.max(initial=0))
-    ids = rng.choice(np.arange(1, 2**31 - 1, dtype=np.int64), size=n, replace=False)
+    step, offset = rng.integers(1, 1000), rng.integers(0, 1000)  # arbitrary, distinct ids
+    ids = 1 + offset + step * rng.permutation(n).astype(np.int64)
     lut = np.concatenate([[0], ids]).astype(np.uint32)
     return lut[pieces]
 

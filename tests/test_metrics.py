@@ -1,0 +1,111 @@
+"""Instance-segmentation metrics on small hand-made label images, with exact expected values."""
+
+import numpy as np
+import pytest
+import zarr
+
+from aiod import metrics
+from aiod.errors import AiodError
+
+
+def two_squares():
+    gt = np.zeros((10, 10), dtype=np.uint16)
+    gt[0:4, 0:4] = 1  # 16 px
+    gt[6:10, 6:10] = 2  # 16 px
+    return gt
+
+
+def test_identical_labels_match_perfectly_whatever_the_ids():
+    gt = two_squares()
+    pred = np.where(gt == 1, 7, np.where(gt == 2, 3, 0))
+    m = metrics.match_labels(gt, pred)
+    assert (m.tp, m.fp, m.fn, m.f1, m.mean_matched_score, m.panoptic_quality) == (2, 0, 0, 1.0, 1.0, 1.0)
+
+
+def test_iou_at_threshold_counts_as_a_match():
+    gt = two_squares()
+    pred = np.zeros_like(gt)
+    pred[0:4, 0:2] = 1  # half of object 1: IoU 8/16 = 0.5
+    m = metrics.match_labels(gt, pred, thresh=0.5)
+    assert (m.tp, m.fp, m.fn) == (1, 0, 1)
+    assert m.mean_matched_score == 0.5
+    assert m.precision == 1.0 and m.recall == 0.5 and m.accuracy == 0.5
+    assert m.f1 == pytest.approx(2 / 3)
+    assert m.panoptic_quality == pytest.approx(0.5 / 1.5)
+
+
+def test_iou_below_threshold_is_a_false_positive_and_a_false_negative():
+    gt = two_squares()
+    pred = np.zeros_like(gt)
+    pred[0:4, 0:1] = 5  # IoU 4/16
+    m = metrics.match_labels(gt, pred, thresh=0.5)
+    assert (m.tp, m.fp, m.fn, m.n_true, m.n_pred) == (0, 1, 2, 2, 1)
+    assert m.f1 == 0.0 and m.mean_matched_score == 0.0
+    assert metrics.match_labels(gt, pred, thresh=0.25).tp == 1
+
+
+def test_shifted_object_iou_is_exact():
+    gt = two_squares()
+    pred = np.zeros_like(gt)
+    pred[1:5, 0:4] = 1  # shifted one row: 12 shared, union 20
+    pred[6:10, 6:10] = 2
+    m = metrics.match_labels(gt, pred)
+    assert m.tp == 2 and m.mean_matched_score == pytest.approx((0.6 + 1.0) / 2)
+
+
+def test_assignment_is_one_to_one():
+    gt = np.zeros((4, 8), dtype=np.uint8)
+    gt[:, 0:4], gt[:, 4:8] = 1, 2
+    pred = np.ones_like(gt)  # one object over both: IoU 0.5 with each
+    m = metrics.match_labels(gt, pred, thresh=0.5)
+    assert (m.tp, m.fp, m.fn) == (1, 0, 1)
+
+
+def test_empty_images_score_zero_without_dividing_by_zero():
+    z = np.zeros((5, 5), dtype=np.uint8)
+    m = metrics.match_labels(z, z)
+    assert (m.tp, m.fp, m.fn, m.f1, m.precision, m.panoptic_quality) == (0, 0, 0, 0.0, 0.0, 0.0)
+
+
+def test_pixel_scores_are_foreground_dice_and_iou():
+    gt = two_squares()
+    pred = np.zeros_like(gt)
+    pred[0:4, 0:4] = 9  # 16 shared of 32 + 16
+    s = metrics.pixel_scores(gt, pred)
+    assert s["dice"] == pytest.approx(2 * 16 / 48) and s["iou"] == pytest.approx(16 / 32)
+
+
+def test_split_and_fused_counts_follow_majority_overlap():
+    gt = np.zeros((4, 12), dtype=np.uint8)
+    gt[:, 0:4], gt[:, 4:8], gt[:, 8:12] = 1, 2, 3
+    pred = np.zeros_like(gt)
+    pred[:, 0:2], pred[:, 2:4] = 1, 2  # gt 1 split in two
+    pred[:, 4:12] = 3  # gt 2 and 3 fused
+    assert metrics.split_fused(gt, pred) == (1, 1)
+
+
+def test_a_sliver_is_not_a_split():
+    gt = np.zeros((4, 8), dtype=np.uint8)
+    gt[:, 0:4] = 1
+    pred = gt.copy()
+    pred[:, 3:6] = 2  # mostly background: belongs to no true object
+    assert metrics.split_fused(gt, pred) == (0, 0)
+
+
+def test_zarr_input_is_read_in_blocks_and_gives_the_same_numbers(monkeypatch):
+    rng = np.random.default_rng(0)
+    gt = np.repeat(np.repeat(rng.integers(0, 30, (8, 8)), 8, 0), 8, 1).astype(np.uint32)
+    pred = np.roll(gt, 2, axis=1)
+    za = zarr.create_array(store={}, shape=gt.shape, dtype=gt.dtype, chunks=(16, 16))
+    zb = zarr.create_array(store={}, shape=gt.shape, dtype=gt.dtype, chunks=(16, 16))
+    za[...], zb[...] = gt, pred
+    whole = metrics.match_labels(gt, pred)
+    monkeypatch.setattr(metrics, "BLOCK_VOXELS", 256)  # 16 blocks of 16 x 16
+    assert metrics.match_labels(za, zb) == whole
+    table = metrics.contingency(za, zb)
+    assert table.count.sum() == gt.size
+
+
+def test_shape_mismatch_is_named():
+    with pytest.raises(AiodError, match=r"ground truth shape \(4, 4\) != prediction shape \(4, 5\)"):
+        metrics.match_labels(np.zeros((4, 4), np.uint8), np.zeros((4, 5), np.uint8))
