@@ -73,7 +73,7 @@ def test_split_gives_the_same_objects_as_one_substack(split_run, whole_run, samp
 
 def test_masks_are_uint32_ome_zarr_labels_with_multiscales(split_run):
     root = zarr.open_group(str(split_run / "results" / "volume.ome.zarr"), mode="r")
-    assert root.attrs["ome"]["labels"] == ["classical_nuclei"]
+    assert root["labels"].attrs["ome"]["labels"] == ["classical_nuclei"]
     label = root["labels/classical_nuclei"]
     multiscales = label.attrs["ome"]["multiscales"][0]
     assert [a["name"] for a in multiscales["axes"]] == ["z", "y", "x"]

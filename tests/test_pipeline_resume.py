@@ -86,9 +86,27 @@ def test_editing_python_source_reruns_tasks_on_resume(tmp_path, sheet, project_c
     common = ["--input", str(sheet), "--outdir", "results", "--root_dir", str(tmp_path / "root"), "--num_substacks", "2"]
     run_pipeline(tmp_path, *common, "--trace_report_suffix", "a", project=project_copy)
     run_pipeline(tmp_path, *common, "--trace_report_suffix", "b", project=project_copy, resume=True)
-    assert {r["status"] for r in processes(trace_rows(tmp_path / "results", "b"), "SEGMENT")} == {"CACHED"}
+    assert {r["status"] for r in trace_rows(tmp_path / "results", "b")} == {"CACHED"}
 
     source = project_copy / "src" / "aiod" / "models" / "classical.py"
     source.write_text(source.read_text() + "\n# an edit\n")
+    # without the result cache, so that the rerun PLAN has to segment again
+    shutil.rmtree(tmp_path / "root" / "aiod_cache")
     run_pipeline(tmp_path, *common, "--trace_report_suffix", "c", project=project_copy, resume=True)
-    assert {r["status"] for r in processes(trace_rows(tmp_path / "results", "c"), "SEGMENT")} == {"COMPLETED"}
+    rows = trace_rows(tmp_path / "results", "c")
+    assert {r["status"] for r in processes(rows, "PLAN")} == {"COMPLETED"}
+    assert {r["status"] for r in processes(rows, "SEGMENT")} == {"COMPLETED"}
+    assert len(processes(rows, "SEGMENT")) == 4
+
+
+def test_editing_python_source_keeps_cached_results(tmp_path, sheet, project_copy):
+    """The result cache is keyed by what a result is, not by the code: a code change that
+    changes results bumps RESULT_FORMAT_VERSION (src/aiod/__init__.py)."""
+    common = ["--input", str(sheet), "--outdir", "results", "--root_dir", str(tmp_path / "root"), "--num_substacks", "2"]
+    run_pipeline(tmp_path, *common, "--trace_report_suffix", "a", project=project_copy)
+    source = project_copy / "src" / "aiod" / "models" / "classical.py"
+    source.write_text(source.read_text() + "\n# an edit\n")
+    run_pipeline(tmp_path, *common, "--trace_report_suffix", "b", project=project_copy, resume=True)
+    rows = trace_rows(tmp_path / "results", "b")
+    assert {r["status"] for r in processes(rows, "PLAN")} == {"COMPLETED"}
+    assert processes(rows, "SEGMENT") == []

@@ -1,0 +1,16 @@
+"""The package's declared dependencies are the environment's pins (one list, two files)."""
+
+from __future__ import annotations
+
+import tomllib
+
+from pipeline_helpers import ROOT
+
+
+def requirement_lines(path):
+    return sorted(l.strip() for l in path.read_text().splitlines() if l.strip() and not l.startswith("#"))
+
+
+def test_pyproject_dependencies_equal_the_classical_environment():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert sorted(project["dependencies"]) == requirement_lines(ROOT / "envs" / "classical.txt")
