@@ -59,8 +59,8 @@ workflow {
     ch_model_request = channel.of([params.model, params.model_version, params.model_params ? file(params.model_params, checkIfExists: true) : []])
     RESOLVE_MODEL(ch_model_request, code)
 
-    // [samplesheet, folder that relative image paths start from]: [images.csv, '/data']
-    CHECK_INPUT(channel.of([samplesheet, samplesheet.parent.toString()]), code)
+    // [samplesheet, its absolute path]: [images.csv, '/data/images.csv']
+    CHECK_INPUT(channel.of([samplesheet, samplesheet.toAbsolutePath().toString()]), code)
 
     // [meta, image]: [[id: 'field1', axes: 'YX', channel: ''], /data/field1.tif]
     ch_images = CHECK_INPUT.out.samples
@@ -99,7 +99,7 @@ workflow {
     FINALIZE.out.record
         .map { meta, record -> new groovy.json.JsonSlurper().parse(record.toFile()) }
         .toSortedList { a, b -> a.id <=> b.id }
-        .subscribe { records -> log.info(summaryText(records, params.outdir)) }
+        .subscribe { records -> if (records) { log.info(summaryText(records, params.outdir)) } }
 
     workflow.onComplete = {
         if (workflow.success) {
@@ -107,7 +107,7 @@ workflow {
         }
     }
     workflow.onError = {
-        def reasons = (workflow.errorReport ?: '').readLines().findAll { line -> line.contains('AIOD ERROR:') }.unique()
+        def reasons = (workflow.errorReport ?: '').readLines().findAll { line -> line.contains('AIOD ERROR:') }*.trim().unique()
         log.error(reasons ? reasons.join('\n') : "AIoD stopped: ${workflow.errorMessage}")
     }
 }

@@ -48,7 +48,7 @@ def test_corrupt_tiff_is_named(folder):
 
 def test_misspelled_samplesheet_column_is_named(folder):
     out = run_bad(folder, "id,imge\na,good.tif\n")
-    assert "images.csv: line 1: unknown column 'imge' (did you mean 'image'?)" in last_error(out)
+    assert f"{folder / 'images.csv'}: line 1: unknown column 'imge' (did you mean 'image'?)" in last_error(out)
 
 
 def test_unknown_model_lists_the_available_ones(folder):

@@ -29,7 +29,11 @@ def _resolve_model(a):
 
 def _check_input(a):
     from . import samplesheet
-    samples = samplesheet.read_samplesheet(Path(a.samplesheet), base_dir=Path(a.base_dir) if a.base_dir else None)
+    # Read at the user's own path (the staged copy only makes the task rerun when it changes):
+    # messages name that path, and relative image paths start from its folder.
+    samples = samplesheet.read_samplesheet(Path(a.source or a.samplesheet))
+    if a.outdir:
+        samplesheet.check_outputs_spare_inputs(samples, Path(a.outdir))
     checked = samplesheet.check_samples(samples, open_images=not a.no_open)
     samplesheet.write_checked(checked, Path(a.out))
     print(f"[aiod] {a.samplesheet}: {len(checked)} image(s) checked")
@@ -81,8 +85,9 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("check-input", help="validate a samplesheet and every image it names")
     s.add_argument("--samplesheet", required=True)
-    s.add_argument("--base-dir", help="folder relative image paths start from (default: the samplesheet's)")
+    s.add_argument("--source", help="the samplesheet's original path, named in messages (relative image paths start from its folder)")
     s.add_argument("--no-open", action="store_true", help="check the CSV only, do not open images")
+    s.add_argument("--outdir", help="where results will be published: refuse ids whose results would replace an input")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_check_input)
 

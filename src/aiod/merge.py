@@ -50,8 +50,9 @@ CHUNK_EDGE = {2: 512, 3: 128}
 SEAM_REACH = 2
 
 
-def write_substack_labels(path, labels: np.ndarray, index: int) -> None:
-    """Write one substack's labels (box-shaped) as a zstd-compressed zarr v3 array."""
+def write_substack_labels(path, labels: np.ndarray, index: int, attrs: dict | None = None) -> None:
+    """Write one substack's labels (box-shaped) as a zstd-compressed zarr v3 array; `attrs`
+    (JSON values, e.g. timings) are stored beside them."""
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.integer):
         raise AiodError(f"{path}: substack labels must be integers, got {labels.dtype}")
@@ -67,7 +68,7 @@ def write_substack_labels(path, labels: np.ndarray, index: int) -> None:
         overwrite=True,
     )
     arr[...] = labels
-    arr.attrs.update({"aiod_substack": int(index), "max_label": int(labels.max(initial=0))})
+    arr.attrs.update({**(attrs or {}), "aiod_substack": int(index), "max_label": int(labels.max(initial=0))})
 
 
 def open_substack_labels(path) -> tuple[int, zarr.Array]:

@@ -235,3 +235,19 @@ def write_checked(checked: list[CheckedSample], out_csv) -> None:
                         "" if c.ground_truth is None else str(c.ground_truth),
                         _dims(c.spatial_shape or ()), c.axes or ""])
 
+
+
+OUTPUT_SUFFIXES = (".ome.zarr", ".json", ".tif")
+
+
+def check_outputs_spare_inputs(samples: list[Sample], outdir: Path) -> None:
+    """Refuse a run whose published files (<outdir>/<id>.ome.zarr, .json, .tif) would replace
+    one of its own input images or ground truths: inputs are never modified."""
+    inputs = {p.resolve() for s in samples for p in (s.image, s.ground_truth) if p is not None}
+    outdir = Path(outdir).resolve()
+    for s in samples:
+        for suffix in OUTPUT_SUFFIXES:
+            target = outdir / f"{s.id}{suffix}"
+            if target in inputs:
+                raise SamplesheetError(f"{_where(s.source, s.line, 'id')}: the result '{target}' would replace an input "
+                                       f"image; choose another --outdir or another id")

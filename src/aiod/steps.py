@@ -100,9 +100,7 @@ def segment(*, job_json: Path, image_path: Path, index: int, out: Path) -> None:
     labels = family.segment(array, params, job["prepared"], job["image"]["scale"])
     del array
     seg_s = time.time() - started - read_s
-    merge.write_substack_labels(out, labels, index)
-    import zarr
-    zarr.open_array(str(out), mode="r+").attrs.update({"read_seconds": read_s, "segment_seconds": seg_s})
+    merge.write_substack_labels(out, labels, index, attrs={"read_seconds": read_s, "segment_seconds": seg_s})
     log(f"{job['id']} substack {index}: {int(np.count_nonzero(np.unique(labels)))} objects, read {read_s:.1f} s, segment {seg_s:.1f} s")
 
 

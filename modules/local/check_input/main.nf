@@ -3,7 +3,7 @@ process CHECK_INPUT {
     label 'cpu_small'
 
     input:
-    tuple path(samplesheet), val(base_dir)  // base_dir: where relative image paths start
+    tuple path(samplesheet), val(source)    // source: the samplesheet's own absolute path, for messages and relative paths
     val code                                // digest of the Python sources: a change reruns the task
 
     output:
@@ -12,11 +12,11 @@ process CHECK_INPUT {
     script:
     def args = task.ext.args ?: ''
     """
-    aiod check-input --samplesheet ${samplesheet} --base-dir '${base_dir}' --out samples.csv ${args}
+    aiod check-input --samplesheet ${samplesheet} --source '${source}' --out samples.csv ${args}
     """
 
     stub:
     """
-    aiod check-input --samplesheet ${samplesheet} --base-dir '${base_dir}' --out samples.csv --no-open
+    aiod check-input --samplesheet ${samplesheet} --source '${source}' --out samples.csv --no-open
     """
 }

@@ -1,0 +1,145 @@
+"""The pipeline's steps run in-process, in the order the pipeline runs them, and the CLI's
+error contract (one line, exit 65, nothing written)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from aiod import cli, metrics, ngff, steps, synthetic
+from aiod.errors import EXIT_CODE, PlanError
+
+
+@pytest.fixture
+def image(tmp_path):
+    gt = synthetic.touching_nuclei((200, 240), n=50, radius=(7.0, 11.0), seed=11)
+    tifffile.imwrite(tmp_path / "img.tif", synthetic.render_nuclei(gt, seed=12))
+    return tmp_path / "img.tif", gt
+
+
+@pytest.fixture
+def model_json(tmp_path):
+    assert cli.main(["resolve-model", "--model", "classical", "--version", "nuclei", "--out", str(tmp_path / "model.json")]) == 0
+    return tmp_path / "model.json"
+
+
+def plan(tmp_path, image_path, model_json, name="plan.json", **kw):
+    args = dict(image_path=image_path, sample_id="img", axes=None, channel=None, model_json=model_json,
+                num_substacks="2", overlap="24", substack_memory="2 GB", root_dir=tmp_path / "root",
+                fingerprint_mode="sample", out=tmp_path / name)
+    return steps.plan(**{**args, **kw})
+
+
+def test_steps_from_plan_to_cache_and_back(tmp_path, image, model_json, monkeypatch):
+    image_path, gt = image
+    job = plan(tmp_path, image_path, model_json)
+    assert (tmp_path / "plan.status").read_text() == "miss 4\n"
+    assert job["plan"]["grid"] == [2, 2] and min(job["plan"]["overlap"]) >= 24
+    subs = []
+    for i in range(4):
+        steps.segment(job_json=tmp_path / "plan.json", image_path=image_path, index=i, out=tmp_path / f"s{i}.zarr")
+        subs.append(tmp_path / f"s{i}.zarr")
+    manifest = steps.merge_result(job_json=tmp_path / "plan.json", substacks=subs, out=tmp_path / "result")
+    assert manifest["n_objects"] == len(np.unique(gt)) - 1
+    (tmp_path / "publish").mkdir()
+    monkeypatch.chdir(tmp_path / "publish")
+    record = steps.finalize(job_json=tmp_path / "plan.json", result=tmp_path / "result", sample_id="img",
+                            root_dir=tmp_path / "root", tiff=True)
+    assert record["cache_hit"] is False
+    mask = np.asarray(ngff.open_labels(tmp_path / "publish" / "img.ome.zarr")[...])
+    assert metrics.match_labels(gt, mask).f1 >= 0.95
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "publish" / "img.tif"), mask)
+
+    again = plan(tmp_path, image_path, model_json, name="again.json")
+    assert (tmp_path / "again.status").read_text() == "hit 4\n" and again["key"] == job["key"]
+    hit = steps.finalize(job_json=tmp_path / "again.json", result=None, sample_id="img", root_dir=tmp_path / "root", tiff=False)
+    assert hit["cache_hit"] is True and hit["cache_entry"] == record["cache_entry"]
+
+
+def test_a_copy_of_the_image_elsewhere_has_the_same_key(tmp_path, image, model_json):
+    image_path, _ = image
+    (tmp_path / "copy").mkdir()
+    copy = tmp_path / "copy" / "renamed.tif"
+    copy.write_bytes(image_path.read_bytes())
+    assert plan(tmp_path, image_path, model_json)["key"] == plan(tmp_path, copy, model_json, name="b.json")["key"]
+
+
+@pytest.mark.parametrize("change", [{"num_substacks": "3"}, {"overlap": "40"}, {"channel": None, "fingerprint_mode": "full"}])
+def test_settings_that_can_change_the_result_change_the_key(tmp_path, image, model_json, change):
+    image_path, _ = image
+    base = plan(tmp_path, image_path, model_json)["key"]
+    assert plan(tmp_path, image_path, model_json, name="b.json", **change)["key"] != base
+
+
+def test_model_parameters_change_the_key(tmp_path, image, model_json):
+    image_path, _ = image
+    (tmp_path / "p.yaml").write_text("min_size: 10\n")
+    cli.main(["resolve-model", "--model", "classical", "--version", "nuclei", "--params", str(tmp_path / "p.yaml"),
+              "--out", str(tmp_path / "m2.json")])
+    assert plan(tmp_path, image_path, model_json)["key"] != plan(tmp_path, image_path, tmp_path / "m2.json", name="b.json")["key"]
+
+
+def test_auto_splits_to_fit_the_memory_budget(tmp_path, image, model_json):
+    image_path, _ = image
+    job = plan(tmp_path, image_path, model_json, num_substacks="auto", substack_memory="1 MB")
+    biggest = max(np.prod([b - a for a, b in s["box"]]) for s in job["plan"]["substacks"])
+    assert len(job["plan"]["substacks"]) > 1
+    assert biggest * (64 + 2) <= 1024 ** 2
+
+
+def test_small_overlap_is_raised_to_the_models_minimum(tmp_path, image, model_json, capsys):
+    image_path, _ = image
+    job = plan(tmp_path, image_path, model_json, overlap="2")
+    assert min(job["plan"]["overlap"]) == 24  # 4 * sigma + max_diameter / 2 for classical/nuclei
+    assert "overlap raised to 24 px" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text, expected", [("2 GB", 2 * 1024**3), ("512MB", 512 * 1024**2), ("1.5 GiB", int(1.5 * 1024**3)),
+                                            ("4.GB", 4 * 1024**3), ("100", 100)])
+def test_memory_sizes_are_read_as_nextflow_writes_them(text, expected):
+    assert steps.parse_memory(text) == expected
+
+
+def test_unreadable_memory_size_is_refused():
+    with pytest.raises(PlanError, match="substack_memory: 'lots' is not a memory size"):
+        steps.parse_memory("lots")
+
+
+def test_finalize_of_a_vanished_cache_entry_says_what_to_do(tmp_path, image, model_json):
+    image_path, _ = image
+    plan(tmp_path, image_path, model_json)
+    with pytest.raises(Exception, match="is gone since this run was planned; run again without -resume"):
+        steps.finalize(job_json=tmp_path / "plan.json", result=None, sample_id="img", root_dir=tmp_path / "root", tiff=False)
+
+
+def test_cli_errors_are_one_line_and_exit_65_and_write_nothing(tmp_path, capsys):
+    (tmp_path / "p.yaml").write_text("- not\n- a mapping\n")
+    code = cli.main(["resolve-model", "--model", "classical", "--version", "nuclei", "--params", str(tmp_path / "p.yaml"),
+                     "--out", str(tmp_path / "model.json")])
+    err = capsys.readouterr().err
+    assert code == EXIT_CODE == 65
+    assert err == f"AIOD ERROR: {tmp_path / 'p.yaml'}: expected a mapping of parameter names to values, e.g. 'min_size: 50'\n"
+    assert not (tmp_path / "model.json").exists()
+
+
+def test_demo_data_is_a_valid_samplesheet_with_ground_truth(tmp_path):
+    from aiod import demo, samplesheet
+    sheet = demo.write_demo(tmp_path / "demo")
+    checked = samplesheet.check_samples(samplesheet.read_samplesheet(sheet))
+    assert [c.sample.id for c in checked] == ["field_1", "field_2", "field_3", "field_4", "volume"]
+    assert all(c.ground_truth is not None for c in checked)
+    assert json.dumps([str(c.image) for c in checked])
+
+
+def test_results_that_would_replace_an_input_image_are_refused(tmp_path, image, capsys):
+    image_path, _ = image
+    (tmp_path / "images.csv").write_text("id,image\nimg,img.tif\n")
+    before = image_path.read_bytes()
+    code = cli.main(["check-input", "--samplesheet", str(tmp_path / "images.csv"), "--outdir", str(tmp_path),
+                     "--out", str(tmp_path / "samples.csv")])
+    assert code == EXIT_CODE
+    assert f"{tmp_path / 'images.csv'}: line 2: column 'id': the result '{image_path}' would replace an input image" in capsys.readouterr().err
+    assert image_path.read_bytes() == before and not (tmp_path / "samples.csv").exists()
