@@ -13,17 +13,24 @@ import pytest
 import tifffile
 import zarr
 
-from aiod import demo, metrics
+from aiod import demo, metrics, ngff, synthetic
 from pipeline_helpers import cache_entries, processes, read_mask, run_pipeline, trace_rows, tree_digest
 
 pytestmark = pytest.mark.pipeline
-IDS = ["field_1", "field_2", "field_3", "field_4", "volume"]
+IDS = ["field_1", "field_2", "field_3", "field_4", "volume", "twochannel"]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
+    """The demo set plus a two-channel CZYX OME-Zarr whose nuclei are in channel 1."""
     folder = tmp_path_factory.mktemp("demo")
     sheet = demo.write_demo(folder)
+    gt = synthetic.touching_nuclei((24, 96, 96), n=20, radius=(6.0, 9.0), seed=77)
+    other = synthetic.render_nuclei(synthetic.touching_nuclei((24, 96, 96), n=20, radius=(6.0, 9.0), seed=78), seed=1)
+    ngff.write_image(folder / "twochannel.ome.zarr", np.stack([other, synthetic.render_nuclei(gt, seed=79)]), axes="CZYX")
+    tifffile.imwrite(folder / "twochannel_gt.tif", gt)
+    with open(sheet, "a") as fh:
+        fh.write("twochannel,twochannel.ome.zarr,,1,twochannel_gt.tif\n")
     return folder, sheet
 
 
@@ -52,9 +59,9 @@ def ground_truth(folder, sample_id):
 
 def test_split_run_segments_every_substack_as_its_own_task(split_run):
     rows = trace_rows(split_run / "results", "first")
-    assert len(processes(rows, "SEGMENT", "COMPLETED")) == 4 * 4 + 8
-    assert len(processes(rows, "MERGE", "COMPLETED")) == 5
-    assert len(processes(rows, "FINALIZE", "COMPLETED")) == 5
+    assert len(processes(rows, "SEGMENT", "COMPLETED")) == 4 * 4 + 8 + 8
+    assert len(processes(rows, "MERGE", "COMPLETED")) == 6
+    assert len(processes(rows, "FINALIZE", "COMPLETED")) == 6
 
 
 @pytest.mark.parametrize("sample_id", IDS)
@@ -90,7 +97,7 @@ def test_tiff_copy_equals_the_zarr_mask(split_run):
 
 def test_results_are_in_the_cache_with_a_manifest(split_run):
     entries = cache_entries(split_run / "root")
-    assert len(entries) == 5
+    assert len(entries) == 6
     for entry in entries:
         manifest = json.loads((entry / "manifest.json").read_text())
         assert manifest["key"] == entry.name
@@ -108,9 +115,9 @@ def test_second_identical_run_segments_nothing_and_publishes_from_the_cache(spli
                         "--root_dir", str(split_run / "root"), "--num_substacks", "2", "--trace_report_suffix", "second")
     rows = trace_rows(split_run / "results", "second")
     assert processes(rows, "SEGMENT") == [] and processes(rows, "MERGE") == []
-    assert len(processes(rows, "FINALIZE", "COMPLETED")) == 5
+    assert len(processes(rows, "FINALIZE", "COMPLETED")) == 6
     assert {i: tree_digest(split_run / "results" / f"{i}.ome.zarr") for i in IDS} == before
-    assert "5 image(s): 0 computed, 5 from the cache" in proc.stdout
+    assert "6 image(s): 0 computed, 6 from the cache" in proc.stdout
     assert json.loads((split_run / "results" / "volume.json").read_text())["cache_hit"] is True
 
 

@@ -10,6 +10,7 @@ import pytest
 import tifffile
 
 from aiod import cli, metrics, ngff, steps, synthetic
+from aiod.models import classical
 from aiod.errors import EXIT_CODE, PlanError
 
 
@@ -87,7 +88,7 @@ def test_auto_splits_to_fit_the_memory_budget(tmp_path, image, model_json):
     job = plan(tmp_path, image_path, model_json, num_substacks="auto", substack_memory="1 MB")
     biggest = max(np.prod([b - a for a, b in s["box"]]) for s in job["plan"]["substacks"])
     assert len(job["plan"]["substacks"]) > 1
-    assert biggest * (64 + 2) <= 1024 ** 2
+    assert biggest * (classical.BYTES_PER_VOXEL + 2) <= 1024 ** 2  # uint16 input
 
 
 def test_small_overlap_is_raised_to_the_models_minimum(tmp_path, image, model_json, capsys):
@@ -143,3 +144,20 @@ def test_results_that_would_replace_an_input_image_are_refused(tmp_path, image, 
     assert code == EXIT_CODE
     assert f"{tmp_path / 'images.csv'}: line 2: column 'id': the result '{image_path}' would replace an input image" in capsys.readouterr().err
     assert image_path.read_bytes() == before and not (tmp_path / "samples.csv").exists()
+
+
+def test_aiod_merge_works_on_a_bare_plan_outside_the_pipeline(tmp_path):
+    from aiod import merge, planner
+    gt = synthetic.touching_nuclei((160, 160), n=30, radius=(7.0, 11.0), seed=2)
+    the_plan = planner.plan_substacks((160, 160), "YX", (2, 2), (20.0, 20.0), bytes_per_voxel=1, memory_budget=None)
+    the_plan.save(tmp_path / "plan.json")
+    rng = np.random.default_rng(0)
+    for sub in the_plan.substacks:
+        merge.write_substack_labels(tmp_path / f"s{sub.index}.zarr", synthetic.perfect_local_model(gt, sub.box_slices, rng), sub.index)
+    code = cli.main(["merge", "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "out"),
+                     *[str(tmp_path / f"s{i}.zarr") for i in range(4)]])
+    assert code == 0
+    merged = np.asarray(ngff.open_labels(tmp_path / "out" / "labels.ome.zarr", "segmentation")[...])
+    assert metrics.match_labels(gt, merged).f1 == 1.0
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["n_objects"] == len(np.unique(gt)) - 1
+    assert cli.main(["merge", "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "out"), str(tmp_path / "s0.zarr")]) == EXIT_CODE

@@ -104,13 +104,27 @@ def segment(*, job_json: Path, image_path: Path, index: int, out: Path) -> None:
     log(f"{job['id']} substack {index}: {int(np.count_nonzero(np.unique(labels)))} objects, read {read_s:.1f} s, segment {seg_s:.1f} s")
 
 
+def load_job(path: Path) -> dict:
+    """A job file written by `plan`, or a bare substack plan (aiod-plan/1, docs/merge.md) seen
+    as a job with no image, model or cache key: what `aiod merge` needs outside the pipeline."""
+    data = json.loads(Path(path).read_text())
+    if data.get("format") == JOB_FORMAT:
+        return data
+    if data.get("format") == planner.Plan.from_dict(data).to_dict().get("format"):
+        return {"format": JOB_FORMAT, "id": Path(path).stem, "key": None, "image": {"scale": None},
+                "model": None, "plan": data, "merge": MERGE_SETTINGS, "prepared": None}
+    raise AiodError(f"{path}: neither a job file ({JOB_FORMAT}) nor a substack plan")
+
+
 def merge_result(*, job_json: Path, substacks: list[Path], out: Path) -> dict:
     """Merge substack labels into `out/labels.ome.zarr` and write `out/manifest.json`."""
-    job = json.loads(Path(job_json).read_text())
+    job = load_job(job_json)
     the_plan = planner.Plan.from_dict(job["plan"])
     name = label_name(job)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=False)
+    if out.exists():
+        raise AiodError(f"{out}: already exists; merge writes a new folder")
+    out.mkdir(parents=True)
     root = out / "labels.ome.zarr"
     scale = job["image"]["scale"]
     started = time.time()
@@ -170,4 +184,4 @@ def finalize(*, job_json: Path, result: Path | None, sample_id: str, root_dir: P
 
 
 def label_name(job: dict) -> str:
-    return f"{job['model']['family']}_{job['model']['version']}"
+    return f"{job['model']['family']}_{job['model']['version']}" if job["model"] else "segmentation"

@@ -20,9 +20,10 @@ from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
 NAME = "classical"
-# Peak bytes per voxel of segment(), measured with bench/classical_memory.py (float32 smoothing,
-# float64 distance, int32 markers and labels, masks, watershed queues), rounded up.
-BYTES_PER_VOXEL = 64.0
+# Peak bytes per voxel of segment(), measured with bench/classical_memory.py: 114.6 (2D) and
+# 131.6 (3D) on synthetic nuclei (float32 smoothing, float64 distance, h-maxima's work arrays,
+# int32 markers and labels, watershed queues); rounded up.
+BYTES_PER_VOXEL = 140.0
 SAMPLE_VOXELS = 16_000_000  # at most this many voxels are read to estimate the threshold
 
 
