@@ -66,9 +66,24 @@ def test_perfect_model_gives_back_every_object_2d(tmp_path, grid, halo):
 
 
 @pytest.mark.parametrize("halo", [16, 32])
-def test_perfect_model_gives_back_every_object_3d(tmp_path, nuclei3d, halo):
-    out, _ = split_and_merge(tmp_path, nuclei3d, (2, 2, 2), halo, synthetic.perfect_local_model)
+def test_perfect_model_gives_back_every_object_on_an_8x8_grid(tmp_path, halo):
+    gt = synthetic.touching_nuclei((512, 512), n=500, radius=(6, 12), seed=6)
+    out, stats = split_and_merge(tmp_path, gt, (8, 8), halo, synthetic.perfect_local_model)
+    assert same_partition(gt, out) and stats.n_substacks == 64
+
+
+@pytest.mark.parametrize("halo", [16, 32])
+@pytest.mark.parametrize("grid", [(2, 2, 2), (4, 4, 4)])
+def test_perfect_model_gives_back_every_object_3d(tmp_path, nuclei3d, grid, halo):
+    out, _ = split_and_merge(tmp_path, nuclei3d, grid, halo, synthetic.perfect_local_model)
     assert same_partition(nuclei3d, out)
+
+
+@pytest.mark.parametrize("halo", [16, 32])
+def test_long_and_u_shaped_objects_are_neither_split_nor_fused_3d(tmp_path, halo):
+    gt = synthetic.long_and_nonconvex((64, 160, 160), seed=7, halo=halo // 2)
+    out, _ = split_and_merge(tmp_path, gt, (4, 4, 4), halo, synthetic.perfect_local_model)
+    assert same_partition(gt, out)
 
 
 def test_object_crossing_corner_of_four_substacks_stays_one_object(tmp_path):
@@ -137,10 +152,11 @@ def test_noisy_model_scores_like_whole_image_2d(tmp_path, grid, halo):
 
 
 @pytest.mark.parametrize("halo", [16, 32])
-def test_noisy_model_scores_like_whole_image_3d(tmp_path, nuclei3d, halo):
+@pytest.mark.parametrize("grid", [(2, 2, 2), (4, 4, 4)])
+def test_noisy_model_scores_like_whole_image_3d(tmp_path, nuclei3d, grid, halo):
     whole = synthetic.noisy_local_model(nuclei3d, (slice(None),) * 3, np.random.default_rng(9))
     f1_whole, fused_whole = score(nuclei3d, whole)
-    out, _ = split_and_merge(tmp_path, nuclei3d, (2, 2, 2), halo, synthetic.noisy_local_model)
+    out, _ = split_and_merge(tmp_path, nuclei3d, grid, halo, synthetic.noisy_local_model)
     f1, fused = score(nuclei3d, out)
     assert f1 >= f1_whole - 0.002 and fused <= fused_whole
 

@@ -109,3 +109,35 @@ def test_zarr_input_is_read_in_blocks_and_gives_the_same_numbers(monkeypatch):
 def test_shape_mismatch_is_named():
     with pytest.raises(AiodError, match=r"ground truth shape \(4, 4\) != prediction shape \(4, 5\)"):
         metrics.match_labels(np.zeros((4, 4), np.uint8), np.zeros((4, 5), np.uint8))
+
+
+@pytest.fixture(scope="module")
+def nuclei_and_rotated():
+    pytest.importorskip("stardist")
+    from scipy.ndimage import rotate
+    from stardist.data import test_image_nuclei_2d
+
+    y = test_image_nuclei_2d(return_mask=True)[1]
+    return y, rotate(y, 2, order=0, reshape=False)
+
+
+def test_stardist_nuclei_against_themselves_rotated_2_degrees_give_the_published_numbers(nuclei_and_rotated):
+    m = metrics.match_labels(*nuclei_and_rotated, thresh=0.5)
+    assert (m.tp, m.fp, m.fn, m.n_true, m.n_pred) == (37, 88, 88, 125, 125)
+    assert m.accuracy == pytest.approx(0.17370892018779344, abs=1e-12)
+    assert m.mean_matched_score == pytest.approx(0.65847, abs=1e-5)  # stardist: 0.6584725766568571 (float32 IoUs)
+
+
+@pytest.mark.parametrize("thresh", [0.5, 0.75, 0.9])
+def test_matching_reproduces_stardist_matching(nuclei_and_rotated, thresh):
+    from stardist.matching import matching
+
+    ours = metrics.match_labels(*nuclei_and_rotated, thresh=thresh)
+    theirs = matching(*nuclei_and_rotated, thresh=thresh, criterion="iou")
+    for name in ("tp", "fp", "fn", "n_true", "n_pred"):
+        assert getattr(ours, name) == int(getattr(theirs, name)), name
+    for name in ("precision", "recall", "accuracy", "f1"):
+        assert getattr(ours, name) == pytest.approx(float(getattr(theirs, name)), abs=1e-12), name
+    # stardist sums the matched IoUs in float32, we in float64
+    for name in ("mean_matched_score", "panoptic_quality"):
+        assert getattr(ours, name) == pytest.approx(float(getattr(theirs, name)), rel=1e-6), name

@@ -93,8 +93,66 @@ def test_auto_without_a_budget_is_one_substack():
 
 
 def test_auto_raises_when_even_small_boxes_do_not_fit():
-    with pytest.raises(PlanError, match=r"num_substacks: 'auto' cannot fit .* need 2304 bytes"):
+    with pytest.raises(PlanError, match=r"num_substacks: 'auto' cannot fit .* needs 2.2 KB per substack, more than substack_memory 1000 B"):
         plan_substacks((64, 64), "YX", "auto", (16, 16), bytes_per_voxel=1, memory_budget=1000)
+
+
+def test_requested_count_that_does_not_fit_names_the_grid_that_does():
+    # 1,1: one 1024 x 1024 box of 4 bytes = 4.0 MB; budget 1.5 MB
+    with pytest.raises(PlanError, match=r"^num_substacks 1,1 needs 4.0 MB per substack, more than "
+                       r"substack_memory 1.5 MB; 2,2 or more fits, or use auto$"):
+        plan_substacks((1024, 1024), "YX", (1, 1), (0, 0), bytes_per_voxel=4, memory_budget=1536 * 1024)
+    plan = plan_substacks((1024, 1024), "YX", (2, 2), (0, 0), bytes_per_voxel=4, memory_budget=1536 * 1024)
+    assert plan.grid == (2, 2)
+
+
+def test_requested_count_counts_the_halo():
+    with pytest.raises(PlanError, match=r"num_substacks 2,2 needs"):  # 2,2 boxes are 48 x 48
+        plan_substacks((64, 64), "YX", (2, 2), (16, 16), bytes_per_voxel=1, memory_budget=2000)
+
+
+def test_requested_count_without_any_grid_that_fits_says_so():
+    with pytest.raises(PlanError, match=r"num_substacks 1,1 needs .*; no grid fits: raise the memory"):
+        plan_substacks((64, 64), "YX", (1, 1), (16, 16), bytes_per_voxel=1, memory_budget=1000)
+
+
+def test_gpu_memory_limits_auto_when_it_is_the_smaller_budget():
+    cpu_only = plan_substacks((512, 512), "YX", "auto", (0, 0), bytes_per_voxel=1, memory_budget=10**9)
+    on_gpu = plan_substacks((512, 512), "YX", "auto", (0, 0), bytes_per_voxel=1, memory_budget=10**9,
+                            gpu_memory_budget=256 * 256 * 10, gpu_bytes_per_voxel=10)
+    assert cpu_only.grid == (1, 1) and on_gpu.grid == (2, 2)
+
+
+def test_requested_count_that_does_not_fit_the_gpu_names_the_gpu():
+    with pytest.raises(PlanError, match=r"^num_substacks 1,1 needs 2.5 MB per substack, more than "
+                       r"GPU memory 640.0 KB; 2,2 or more fits, or use auto$"):
+        plan_substacks((512, 512), "YX", (1, 1), (0, 0), bytes_per_voxel=1, memory_budget=10**9,
+                       gpu_memory_budget=256 * 256 * 10, gpu_bytes_per_voxel=10)
+
+
+def test_without_a_gpu_budget_the_gpu_factor_is_ignored():
+    plan = plan_substacks((512, 512), "YX", "auto", (0, 0), bytes_per_voxel=1, memory_budget=10**9,
+                          gpu_bytes_per_voxel=1000)
+    assert plan.grid == (1, 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.tuples(st.integers(16, 300), st.integers(16, 300)),
+    budget=st.integers(5_000, 2_000_000),
+    gpu=st.integers(5_000, 2_000_000),
+    overlap=st.integers(0, 8),
+)
+def test_auto_respects_host_and_gpu_budgets(shape, budget, gpu, overlap):
+    try:
+        plan = plan_substacks(shape, "YX", "auto", (overlap,) * 2, bytes_per_voxel=2, memory_budget=budget,
+                              gpu_memory_budget=gpu, gpu_bytes_per_voxel=3)
+    except PlanError:
+        return
+    assert all(math.prod(s.box_shape) * 2 <= budget and math.prod(s.box_shape) * 3 <= gpu for s in plan.substacks)
+    # and the same grid, asked for by name, is accepted
+    plan_substacks(shape, "YX", plan.grid, (overlap,) * 2, bytes_per_voxel=2, memory_budget=budget,
+                   gpu_memory_budget=gpu, gpu_bytes_per_voxel=3)
 
 
 def test_requested_count_larger_than_the_axis_is_an_error():

@@ -161,3 +161,30 @@ def test_aiod_merge_works_on_a_bare_plan_outside_the_pipeline(tmp_path):
     assert metrics.match_labels(gt, merged).f1 == 1.0
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["n_objects"] == len(np.unique(gt)) - 1
     assert cli.main(["merge", "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "out"), str(tmp_path / "s0.zarr")]) == EXIT_CODE
+
+
+def test_evaluate_scores_published_masks_against_ground_truth(tmp_path, capsys):
+    from aiod import evaluate
+    gt = synthetic.touching_nuclei((96, 96), n=12, radius=(7.0, 10.0), seed=4)
+    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    tifffile.imwrite(tmp_path / "img.tif", synthetic.render_nuclei(gt, seed=5))
+    wrong = gt.copy()
+    wrong[wrong == 1] = 2  # two objects fused into one
+    ngff.create_labels(tmp_path / "res" / "a.ome.zarr", "x", gt.shape, "YX", np.uint32)[...] = wrong
+    (tmp_path / "s.csv").write_text("id,image,ground_truth\na,img.tif,gt.tif\n")
+    rows = evaluate.evaluate(tmp_path / "res", tmp_path / "s.csv")
+    n = len(np.unique(gt)) - 1
+    assert rows[0]["n_true"] == n and rows[0]["n_pred"] == n - 1 and rows[0]["fused"] == 1
+    size1, size2 = int((gt == 1).sum()), int((gt == 2).sum())
+    assert rows[0]["tp"] == n - 2 + (size2 / (size1 + size2) >= 0.5)  # the fused one still matches object 2 if it dominates
+    evaluate.report(tmp_path / "res", tmp_path / "s.csv")
+    assert "F1@0.5" in capsys.readouterr().out and (tmp_path / "res" / "evaluation.json").exists()
+
+
+def test_evaluate_without_a_published_mask_names_it(tmp_path):
+    from aiod import evaluate
+    from aiod.errors import InputError
+    tifffile.imwrite(tmp_path / "img.tif", np.zeros((8, 8), np.uint8))
+    (tmp_path / "s.csv").write_text("id,image,ground_truth\na,img.tif,img.tif\n")
+    with pytest.raises(InputError, match="a.ome.zarr: no published mask for 'a'"):
+        evaluate.evaluate(tmp_path / "res", tmp_path / "s.csv")

@@ -204,6 +204,45 @@ def _largest_box(shape, grid, halo) -> int:
     return out
 
 
+def _size(nbytes: float) -> str:
+    """Bytes as Nextflow writes memory (powers of 1024)."""
+    for unit, power in (("TB", 4), ("GB", 3), ("MB", 2), ("KB", 1)):
+        if nbytes >= 1024**power:
+            return f"{nbytes / 1024**power:.1f} {unit}"
+    return f"{int(nbytes)} B"
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """How many voxels one box may hold, and which memory says so."""
+
+    memory: int | None  # bytes of host memory per substack
+    bytes_per_voxel: float
+    gpu: int | None = None  # bytes of GPU memory, None = no GPU
+    gpu_bytes_per_voxel: float | None = None
+
+    def limits(self) -> list[tuple[float, str]]:
+        out = []
+        if self.memory is not None:
+            out.append((self.memory / float(self.bytes_per_voxel), f"substack_memory {_size(self.memory)}"))
+        if self.gpu is not None:
+            per = float(self.gpu_bytes_per_voxel or self.bytes_per_voxel)
+            out.append((self.gpu / per, f"GPU memory {_size(self.gpu)}"))
+        return out
+
+    def max_voxels(self) -> float | None:
+        return min((v for v, _ in self.limits()), default=None)
+
+    def over(self, voxels: int) -> str | None:
+        """What a box of `voxels` needs, and the budget it exceeds (None when it fits)."""
+        for limit, name in self.limits():
+            if voxels > limit:
+                per = name.startswith("GPU") and (self.gpu_bytes_per_voxel or self.bytes_per_voxel)
+                need = voxels * float(per or self.bytes_per_voxel)
+                return f"needs {_size(need)} per substack, more than {name}"
+        return None
+
+
 def plan_substacks(
     spatial_shape,
     spatial_axes: str,
@@ -212,13 +251,19 @@ def plan_substacks(
     *,
     bytes_per_voxel: float,
     memory_budget: int | None,
+    gpu_memory_budget: int | None = None,
+    gpu_bytes_per_voxel: float | None = None,
 ) -> Plan:
     """Plan the substacks of one image.
 
     `num_substacks` is a tuple of counts per axis or `"auto"`: the fewest substacks whose largest
-    box fits `memory_budget` bytes at `bytes_per_voxel` (no budget: one substack), splitting the
-    axis with the largest core first so boxes stay near-cubic in voxels. `overlap` is per axis,
-    in voxels, or a fraction of the core size when below 1.
+    box fits the budget (no budget: one substack), splitting the axis with the largest core
+    first so boxes stay near-cubic in voxels. The budget is `memory_budget` bytes of host
+    memory at `bytes_per_voxel` and, when the model runs on a GPU, `gpu_memory_budget` bytes of
+    GPU memory at `gpu_bytes_per_voxel` (the family's measured GPU factor; default
+    `bytes_per_voxel`): a box must fit both. A requested count whose largest box does not fit
+    is refused, naming the smallest grid that does. `overlap` is per axis, in voxels, or a
+    fraction of the core size when below 1.
     """
     shape = tuple(int(n) for n in spatial_shape)
     ndim = len(shape)
@@ -227,8 +272,9 @@ def plan_substacks(
     overlap = tuple(float(v) for v in overlap)
     if len(overlap) != ndim or any(v < 0 for v in overlap):
         raise PlanError(f"overlap: {overlap} must be {ndim} numbers >= 0")
+    budget = _Budget(memory_budget, bytes_per_voxel, gpu_memory_budget, gpu_bytes_per_voxel)
     if num_substacks == "auto":
-        grid = _auto_grid(shape, spatial_axes, overlap, bytes_per_voxel, memory_budget)
+        grid = _auto_grid(shape, spatial_axes, overlap, budget)
     else:
         grid = tuple(int(g) for g in num_substacks)
         if len(grid) != ndim:
@@ -239,15 +285,23 @@ def plan_substacks(
                     f"num_substacks: {g} substacks along {ax} but the image has {n} voxels "
                     f"along {ax}; use 1 to {n} (or 'auto')"
                 )
+        halo = tuple(_halo(ov, n, g) for ov, n, g in zip(overlap, shape, grid))
+        problem = budget.over(_largest_box(shape, grid, halo))
+        if problem:
+            try:
+                fits = ",".join(map(str, _auto_grid(shape, spatial_axes, overlap, budget))) + " or more fits, or use auto"
+            except PlanError:
+                fits = "no grid fits: raise the memory, or lower the overlap"
+            raise PlanError(f"num_substacks {','.join(map(str, grid))} {problem}; {fits}")
     halo = tuple(_halo(ov, n, g) for ov, n, g in zip(overlap, shape, grid))
     return _build(shape, spatial_axes, grid, halo)
 
 
-def _auto_grid(shape, axes, overlap, bytes_per_voxel, budget) -> tuple[int, ...]:
+def _auto_grid(shape, axes, overlap, budget: _Budget) -> tuple[int, ...]:
     grid = [1] * len(shape)
-    if budget is None:
+    max_voxels = budget.max_voxels()
+    if max_voxels is None:
         return tuple(grid)
-    max_voxels = budget / float(bytes_per_voxel)
     # the finest split `auto` may use: cores of at least MIN_AUTO_CORE voxels per axis
     finest = [max(1, n // MIN_AUTO_CORE) for n in shape]
 
@@ -257,11 +311,11 @@ def _auto_grid(shape, axes, overlap, bytes_per_voxel, budget) -> tuple[int, ...]
 
     if not fits(finest):
         halo = [_halo(ov, n, k) for ov, n, k in zip(overlap, shape, finest)]
-        need = _largest_box(shape, finest, halo) * bytes_per_voxel
+        problem = budget.over(_largest_box(shape, finest, halo))
         raise PlanError(
-            f"num_substacks: 'auto' cannot fit a box in the memory budget of {budget} bytes: "
-            f"even cores of {MIN_AUTO_CORE} voxels per axis with overlap {tuple(halo)} need "
-            f"{math.ceil(need)} bytes; raise the memory, or lower the overlap"
+            f"num_substacks: 'auto' cannot fit a box in the memory budget: even cores of "
+            f"{MIN_AUTO_CORE} voxels per axis with overlap {tuple(halo)} {problem}; "
+            f"raise the memory, or lower the overlap"
         )
     while not fits(grid):
         cand = [k for k in range(len(shape)) if grid[k] < finest[k]]
