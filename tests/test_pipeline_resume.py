@@ -12,7 +12,7 @@ import pytest
 import tifffile
 
 from aiod import synthetic
-from pipeline_helpers import NEXTFLOW, ROOT, processes, run_pipeline, trace_rows, tree_digest
+from pipeline_helpers import NEXTFLOW, ROOT, cache_entries, processes, run_pipeline, trace_rows, tree_digest
 
 pytestmark = pytest.mark.pipeline
 
@@ -51,7 +51,7 @@ def test_killed_run_resumes_to_a_byte_identical_mask(tmp_path, sheet):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (work / "results" / "big.ome.zarr").exists()
-    assert not list((work / "root" / "aiod_cache").glob("*/*_masks/*")) if (work / "root" / "aiod_cache").exists() else True
+    assert cache_entries(work / "root") == []
 
     run_pipeline(work, "--input", str(sheet), "--outdir", "results", "--root_dir", str(work / "root"),
                  "--num_substacks", "4", "--trace_report_suffix", "resumed", resume=True)
