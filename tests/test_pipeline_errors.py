@@ -57,7 +57,7 @@ def test_unknown_model_lists_the_available_ones(folder):
 
 
 def test_4d_image_without_axes_asks_for_them(folder):
-    tifffile.imwrite(folder / "four.tif", np.zeros((2, 3, 16, 16), dtype=np.uint8))
+    tifffile.imwrite(folder / "four.tif", np.zeros((2, 3, 16, 16), dtype=np.uint8), photometric="minisblack")
     out = run_bad(folder, "id,image\nfour,four.tif\n")
     error = last_error(out)
     assert f"{folder / 'four.tif'}: image has 4 dimensions" in error and "axes" in error
