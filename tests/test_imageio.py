@@ -10,9 +10,11 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aiod import fingerprint as fingerprint_module
 from aiod import imageio
 from aiod.errors import InputError
-from aiod.imageio import fingerprint, open_image
+from aiod.fingerprint import fingerprint
+from aiod.imageio import open_image
 
 ALL = slice(None)
 
@@ -295,7 +297,7 @@ def test_fingerprint_sees_a_change_inside_a_sampled_window(tmp_path):
     path = tmp_path / "big.tif"
     size = _big_sparse_tiff(path, planes=50)
     before = fingerprint(path)
-    window = 8 * (size - imageio._WINDOW) // (imageio._N_WINDOWS + 1)
+    window = 8 * (size - fingerprint_module._WINDOW) // (fingerprint_module._N_WINDOWS + 1)
     _poke(path, window + 100)
     assert fingerprint(path) != before
 
@@ -324,7 +326,7 @@ def test_zarr_fingerprint_is_path_independent_and_sees_sampled_chunks(tmp_path):
 
 def test_zarr_fingerprint_samples_at_most_16_chunks_and_marks_missing_ones(tmp_path):
     arr = zarr.create_array(tmp_path / "s.zarr", shape=(100, 100), chunks=(10, 10), dtype="u1")
-    assert len(imageio._sample_chunk_coords((10, 10))) == 16
+    assert len(fingerprint_module._sample_chunk_coords((10, 10))) == 16
     fp = fingerprint(tmp_path / "s.zarr")  # no chunk written: all are missing markers
     arr[0:10, 0:10] = 1  # chunk (0, 0) is always sampled
     assert fingerprint(tmp_path / "s.zarr") != fp

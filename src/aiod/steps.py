@@ -17,6 +17,7 @@ import numpy as np
 
 from . import RESULT_FORMAT_VERSION, __version__, imageio, merge, ngff, planner
 from .cache import Cache, cache_key
+from .fingerprint import fingerprint
 from .errors import AiodError, PlanError
 from .models import get_family
 
@@ -57,7 +58,7 @@ def plan(*, image_path: Path, sample_id: str, axes: str | None, channel: int | N
             the_plan = planner.plan_substacks(image.spatial_shape, image.spatial_axes, the_plan.grid, wider,
                                               bytes_per_voxel=bytes_per_voxel, memory_budget=None)
         identity = {
-            "fingerprint": imageio.fingerprint(image_path, mode=fingerprint_mode),
+            "fingerprint": fingerprint(image_path, mode=fingerprint_mode),
             "axes": image.axes, "shape": list(image.shape), "dtype": str(image.dtype), "channel": channel,
         }
         key = cache_key({
