@@ -48,15 +48,14 @@ def plan(*, image_path: Path, sample_id: str, axes: str | None, channel: int | N
         ndim = len(image.spatial_shape)
         requested = planner.parse_num_substacks(num_substacks, ndim)
         halo = planner.parse_overlap(overlap, ndim)
-        bytes_per_voxel = family.BYTES_PER_VOXEL + image.n_channels * image.dtype.itemsize
-        the_plan = planner.plan_substacks(image.spatial_shape, image.spatial_axes, requested, halo,
-                                          bytes_per_voxel=bytes_per_voxel, memory_budget=parse_memory(substack_memory))
+        sizing = {"bytes_per_voxel": family.BYTES_PER_VOXEL + image.n_channels * image.dtype.itemsize,
+                  "memory_budget": parse_memory(substack_memory)}
+        the_plan = planner.plan_substacks(image.spatial_shape, image.spatial_axes, requested, halo, **sizing)
         floor = family.min_halo(params)
         if min(the_plan.overlap) < floor:
             log(f"overlap raised to {floor} px: the least {model['family']}/{model['version']} needs for seam-free results")
-            wider = tuple(max(floor, o) for o in the_plan.overlap)
-            the_plan = planner.plan_substacks(image.spatial_shape, image.spatial_axes, the_plan.grid, wider,
-                                              bytes_per_voxel=bytes_per_voxel, memory_budget=None)
+            wider = tuple(float(max(floor, o)) for o in the_plan.overlap)
+            the_plan = planner.plan_substacks(image.spatial_shape, image.spatial_axes, requested, wider, **sizing)
         identity = {
             "fingerprint": fingerprint(image_path, mode=fingerprint_mode),
             "axes": image.axes, "shape": list(image.shape), "dtype": str(image.dtype), "channel": channel,
