@@ -53,10 +53,17 @@ workflow {
         error("AIOD ERROR: --input is required: a CSV samplesheet with columns id,image[,axes,channel,ground_truth] (see docs/usage.md)")
     }
     code = pythonSourcesDigest(file("${projectDir}/src/aiod").toFile())
-    samplesheet = file(params.input, checkIfExists: true)
+    samplesheet = file(params.input)
+    if (!samplesheet.exists()) {
+        error("AIOD ERROR: --input ${params.input}: file not found")
+    }
+    overrides = params.model_params ? file(params.model_params) : []
+    if (overrides && !overrides.exists()) {
+        error("AIOD ERROR: --model_params ${params.model_params}: file not found")
+    }
 
     // [model, version, overrides file or []]: ['classical', 'nuclei', []]
-    ch_model_request = channel.of([params.model, params.model_version, params.model_params ? file(params.model_params, checkIfExists: true) : []])
+    ch_model_request = channel.of([params.model, params.model_version, overrides])
     RESOLVE_MODEL(ch_model_request, code)
 
     // [samplesheet, its absolute path]: [images.csv, '/data/images.csv']

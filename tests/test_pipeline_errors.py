@@ -61,3 +61,10 @@ def test_4d_image_without_axes_asks_for_them(folder):
     out = run_bad(folder, "id,image\nfour,four.tif\n")
     error = last_error(out)
     assert f"{folder / 'four.tif'}: image has 4 dimensions" in error and "axes" in error
+
+
+def test_missing_samplesheet_and_parameter_file_are_named(folder):
+    out = run_bad(folder, "id,image\na,good.tif\n", "--model_params", str(folder / "nope.yaml"))
+    assert f"--model_params {folder / 'nope.yaml'}: file not found" in last_error(out)
+    proc = run_pipeline(folder, "--input", str(folder / "absent.csv"), "--root_dir", str(folder / "root"), check=False)
+    assert proc.returncode != 0 and f"--input {folder / 'absent.csv'}: file not found" in last_error(proc.stdout + proc.stderr)
