@@ -16,8 +16,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import numpy as np  # noqa: E402
-
 from aiod import synthetic  # noqa: E402
 from aiod.models import classical, resolve  # noqa: E402
 

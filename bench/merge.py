@@ -8,7 +8,7 @@ For each volume size it generates a dense uint32 label volume (touching box-like
 wavy walls and random sizes, about 8% of cells left as background) chunk by chunk into a zarr,
 plans substacks with `aiod.planner`, writes every substack's labels as a *perfect local model*
 would (the ground truth cropped to the box, relabelled, ids shuffled) with
-`merge.write_substack_labels`, and then measures, each in its own subprocess (peak RSS =
+`substack_labels.write_substack_labels`, and then measures, each in its own subprocess (peak RSS =
 VmHWM of that process, wall time of the work only):
 
 - copy:    a plain chunked zarr -> zarr copy of the volume, all cores busy (the I/O floor);
@@ -38,7 +38,7 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from aiod import merge, metrics, synthetic  # noqa: E402
+from aiod import merge, metrics, substack_labels, synthetic  # noqa: E402
 from aiod.planner import Plan, plan_substacks  # noqa: E402
 
 CHUNKS = (128, 128, 128)  # the output chunks the pipeline's OME-Zarr labels use
@@ -105,7 +105,7 @@ def generate(workdir: Path, shape, core, halo):
     paths = []
     for sub in plan.substacks:
         path = workdir / f"substack_{sub.index}.zarr"
-        merge.write_substack_labels(path, synthetic.perfect_local_model(gt, sub.box_slices, rng), sub.index)
+        substack_labels.write_substack_labels(path, synthetic.perfect_local_model(gt, sub.box_slices, rng), sub.index)
         paths.append(str(path))
     info = {"shape": list(shape), "grid": list(grid), "halo": halo, "paths": paths,
             "largest_box_bytes": 4 * max(int(np.prod(s.box_shape)) for s in plan.substacks),
@@ -126,6 +126,7 @@ def do_copy(workdir: Path, info):
 def do_merge(workdir: Path, info):
     plan = Plan.load(workdir / "plan.json")
     out = workdir / "merged.zarr"
+    merge.bound_malloc()  # as the pipeline's merge step does
     stats = merge.merge_substacks(plan, info["paths"], lambda dtype: create(out, plan.spatial_shape, dtype))
     return stats.to_dict()
 
@@ -137,7 +138,7 @@ def do_relabel(workdir: Path, info):
     whole = np.zeros(plan.spatial_shape, dtype=np.uint64)
     offset = 0
     for sub, path in zip(plan.substacks, info["paths"]):
-        _, arr = merge.open_substack_labels(path)
+        _, arr = substack_labels.open_substack_labels(path)
         core = np.asarray(arr[sub.core_in_box]).astype(np.uint64)
         whole[sub.core_slices] = np.where(core != 0, core + offset, 0)
         offset += int(arr.attrs["max_label"])

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aiod import fingerprint as fingerprint_module
-from aiod import imageio
 from aiod.errors import InputError
 from aiod.fingerprint import fingerprint
 from aiod.imageio import open_image

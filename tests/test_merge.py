@@ -12,7 +12,7 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aiod import merge, metrics, synthetic
+from aiod import merge, metrics, substack_labels, synthetic
 from aiod.errors import AiodError
 from aiod.planner import plan_substacks
 
@@ -24,7 +24,7 @@ def split_and_merge(tmp_path, gt, grid, halo, model, seed=0, output=None, **kw):
     paths = []
     for sub in plan.substacks:
         path = tmp_path / f"sub{sub.index}_{seed}.zarr"
-        merge.write_substack_labels(path, model(gt, sub.box_slices, rng), sub.index)
+        substack_labels.write_substack_labels(path, model(gt, sub.box_slices, rng), sub.index)
         paths.append(path)
     holder = {}
 
@@ -199,15 +199,15 @@ def test_more_than_uint32_objects_switch_to_uint64(tmp_path, monkeypatch):
 
 def test_substack_labels_round_trip_with_their_index(tmp_path):
     labels = np.arange(12, dtype=np.uint16).reshape(3, 4)
-    merge.write_substack_labels(tmp_path / "s.zarr", labels, 5)
-    idx, arr = merge.open_substack_labels(tmp_path / "s.zarr")
+    substack_labels.write_substack_labels(tmp_path / "s.zarr", labels, 5)
+    idx, arr = substack_labels.open_substack_labels(tmp_path / "s.zarr")
     assert idx == 5 and arr.dtype == np.uint16 and np.array_equal(arr[...], labels)
     assert arr.attrs["max_label"] == 11
 
 
 def test_missing_substack_is_named(tmp_path):
     plan = plan_substacks((32, 32), "YX", (2, 1), (4, 4), bytes_per_voxel=1, memory_budget=None)
-    merge.write_substack_labels(tmp_path / "a.zarr", np.zeros(plan.substacks[0].box_shape, np.uint8), 0)
+    substack_labels.write_substack_labels(tmp_path / "a.zarr", np.zeros(plan.substacks[0].box_shape, np.uint8), 0)
     with pytest.raises(AiodError, match=r"substacks \[1\] are missing"):
         merge.merge_substacks(plan, [tmp_path / "a.zarr"], lambda d: np.zeros((32, 32), d))
 
@@ -215,7 +215,7 @@ def test_missing_substack_is_named(tmp_path):
 def test_substack_of_wrong_shape_is_named(tmp_path):
     plan = plan_substacks((32, 32), "YX", (2, 1), (4, 4), bytes_per_voxel=1, memory_budget=None)
     for i in range(2):
-        merge.write_substack_labels(tmp_path / f"{i}.zarr", np.zeros((5, 5), np.uint8), i)
+        substack_labels.write_substack_labels(tmp_path / f"{i}.zarr", np.zeros((5, 5), np.uint8), i)
     paths = [tmp_path / "0.zarr", tmp_path / "1.zarr"]
     with pytest.raises(AiodError, match=r"0.zarr: substack 0 has shape \(5, 5\), its box is \(20, 32\)"):
         merge.merge_substacks(plan, paths, lambda d: np.zeros((32, 32), d))
@@ -253,3 +253,37 @@ def test_neighbour_outside_the_shared_region_is_not_joined_to_an_object_crossing
     out, stats = split_and_merge(tmp_path, gt, (1, 2), 1, synthetic.perfect_local_model)
     assert stats.n_objects == 2
     assert same_partition(gt, out)
+
+
+def test_sorted_fallbacks_for_large_labels_give_the_same_mask(tmp_path, monkeypatch):
+    """Dense tables (label lookups, pair marks and counts) and their sorted fallbacks for
+    large local ids must merge to the same bytes."""
+    gt = nuclei_2d()
+    a, sa = split_and_merge(tmp_path, gt, (4, 4), 16, synthetic.noisy_local_model, 2)
+    for name in ("DENSE_LABELS", "PAIR_TABLE", "SEEN_TABLE"):
+        monkeypatch.setattr(merge, name, 0)
+    b, sb = split_and_merge(tmp_path, gt, (4, 4), 16, synthetic.noisy_local_model, 2)
+    assert a.tobytes() == b.tobytes() and sa == sb
+
+
+def test_links_are_those_of_the_sorted_overlap_count(tmp_path):
+    """Candidates and links of the dense, run-length pair counting equal a plain count of
+    every label pair in the shared region."""
+    gt = synthetic.touching_nuclei((64, 64, 64), n=60, radius=(5, 9), seed=4)
+    plan = plan_substacks(gt.shape, "ZYX", (2, 2, 2), (8,) * 3, bytes_per_voxel=1, memory_budget=None)
+    rng = np.random.default_rng(3)
+    arrays = []
+    for sub in plan.substacks:
+        substack_labels.write_substack_labels(tmp_path / f"{sub.index}.zarr", synthetic.noisy_local_model(gt, sub.box_slices, rng), sub.index)
+        arrays.append(substack_labels.open_substack_labels(tmp_path / f"{sub.index}.zarr")[1])
+    for s in range(len(plan.substacks)):
+        for t in [t for t in plan.neighbours(s) if t > s]:
+            cand, linked = merge._candidates_and_links(plan, arrays, s, t, 0.5)
+            shared = merge._intersect(plan.substacks[s].box, plan.substacks[t].box)
+            x = merge._read(arrays[s], plan.substacks[s], shared).ravel()
+            y = merge._read(arrays[t], plan.substacks[t], shared).ravel()
+            want = [
+                (a, b) for a, b in cand
+                if 0 < np.count_nonzero((x == a) & (y == b)) >= 0.5 * min(np.count_nonzero(x == a), np.count_nonzero(y == b))
+            ]
+            assert [tuple(p) for p in linked] == want

@@ -147,13 +147,13 @@ def test_results_that_would_replace_an_input_image_are_refused(tmp_path, image, 
 
 
 def test_aiod_merge_works_on_a_bare_plan_outside_the_pipeline(tmp_path):
-    from aiod import merge, planner
+    from aiod import planner, substack_labels
     gt = synthetic.touching_nuclei((160, 160), n=30, radius=(7.0, 11.0), seed=2)
     the_plan = planner.plan_substacks((160, 160), "YX", (2, 2), (20.0, 20.0), bytes_per_voxel=1, memory_budget=None)
     the_plan.save(tmp_path / "plan.json")
     rng = np.random.default_rng(0)
     for sub in the_plan.substacks:
-        merge.write_substack_labels(tmp_path / f"s{sub.index}.zarr", synthetic.perfect_local_model(gt, sub.box_slices, rng), sub.index)
+        substack_labels.write_substack_labels(tmp_path / f"s{sub.index}.zarr", synthetic.perfect_local_model(gt, sub.box_slices, rng), sub.index)
     code = cli.main(["merge", "--plan", str(tmp_path / "plan.json"), "--out", str(tmp_path / "out"),
                      *[str(tmp_path / f"s{i}.zarr") for i in range(4)]])
     assert code == 0

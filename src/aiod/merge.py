@@ -25,12 +25,22 @@ integer dtype, 0 = background, local ids arbitrary. The merge:
    one after the other, so no chunk ever has two writers at once.
 
 Reads: pass 1 reads every core once, pass 2 reads every shared region R once per neighbour
-pair (the seam band is cut from it), pass 4 reads every core once more. Memory is a few
-pieces of a core, or two copies of one R, per thread, plus the node table; never the image.
+pair (the seam band is cut from it), pass 4 reads every core once more; cores are read and
+written one output chunk (SLAB_VOXELS) at a time. Memory is one chunk-sized piece, or one R
+per thread (held in the smallest unsigned type that holds the substack's labels), plus the
+node table; never the image.
+
+Cost, without changing the result: seam candidates compare each offset only where the two
+shifted cores meet, on dense ids, and mark pairs in a table instead of sorting them; the
+overlap counts in R map labels to dense candidate ids, collapse runs of equal label pairs
+along rows, and count with np.bincount instead of sorting; glibc's malloc is kept from
+hoarding freed slabs (`bound_malloc`).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import itertools
 import math
 import os
@@ -46,50 +56,20 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from aiod.errors import AiodError
-from aiod.metrics import pair_counts
 from aiod.planner import Plan
+from aiod.substack_labels import open_all
 
 UINT32_MAX_OBJECTS = int(np.iinfo(np.uint32).max)  # more objects than this -> uint64 ids
-CHUNK_EDGE = {2: 512, 3: 128}
 # Nodes whose owned voxels come this close across a seam are candidates for a link: 1 is
 # plain adjacency; 2 also bridges the one-voxel gap left where one substack's model draws an
 # object's boundary a voxel inside and the other's a voxel outside.
 SEAM_REACH = 2
-SLAB_VOXELS = 1 << 22  # voxels a worker reads, maps and writes at a time
-PIECE_VOXELS = 1 << 20  # voxels whose label pairs are counted at a time
+SLAB_VOXELS = 1 << 21  # voxels a worker reads, maps and writes at a time (one 128³ chunk)
+MALLOC_THRESHOLD = 1 << 25  # malloc's fixed mmap and trim thresholds (see bound_malloc)
+PIECE_VOXELS = 1 << 18  # voxels whose label pairs are counted at a time
 DENSE_LABELS = 1 << 22  # local labels below this are mapped through a dense table
-
-
-def write_substack_labels(path, labels: np.ndarray, index: int, attrs: dict | None = None) -> None:
-    """Write one substack's labels (box-shaped) as a zstd-compressed zarr v3 array; `attrs`
-    (JSON values, e.g. timings) are stored beside them."""
-    labels = np.asarray(labels)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise AiodError(f"{path}: substack labels must be integers, got {labels.dtype}")
-    edge = CHUNK_EDGE.get(labels.ndim, 64)
-    arr = zarr.create_array(
-        store=str(path),
-        shape=labels.shape,
-        dtype=labels.dtype,
-        chunks=tuple(max(1, min(edge, n)) for n in labels.shape),
-        compressors=zarr.codecs.ZstdCodec(level=3),
-        fill_value=0,
-        zarr_format=3,
-        overwrite=True,
-    )
-    arr[...] = labels
-    arr.attrs.update({**(attrs or {}), "aiod_substack": int(index), "max_label": int(labels.max(initial=0))})
-
-
-def open_substack_labels(path) -> tuple[int, zarr.Array]:
-    """(substack index, lazy array) of labels written by `write_substack_labels`."""
-    try:
-        arr = zarr.open_array(str(path), mode="r")
-    except Exception as exc:  # zarr raises several types for a missing or foreign store
-        raise AiodError(f"{path}: not a substack label array ({exc})") from None
-    if "aiod_substack" not in arr.attrs:
-        raise AiodError(f"{path}: no 'aiod_substack' attribute; not written by aiod")
-    return int(arr.attrs["aiod_substack"]), arr
+PAIR_TABLE = 1 << 20  # candidate pairs counted in a dense table up to this many, else sorted
+SEEN_TABLE = 1 << 22  # label pairs marked in a dense table up to this many, else sorted
 
 
 @dataclass
@@ -123,26 +103,6 @@ def _read(arr, sub, region) -> np.ndarray:
     return np.asarray(arr[_rel(region, sub.box)])
 
 
-def _open_all(plan: Plan, paths: Sequence) -> list:
-    arrays: list = [None] * len(plan.substacks)
-    for p in paths:
-        idx, arr = open_substack_labels(p)
-        if not 0 <= idx < len(arrays):
-            raise AiodError(f"{p}: substack {idx} is not in the plan (0..{len(arrays) - 1})")
-        if arrays[idx] is not None:
-            raise AiodError(f"{p}: substack {idx} is given twice")
-        want = plan.substacks[idx].box_shape
-        if tuple(arr.shape) != want:
-            raise AiodError(f"{p}: substack {idx} has shape {arr.shape}, its box is {want}")
-        if not np.issubdtype(arr.dtype, np.integer):
-            raise AiodError(f"{p}: substack labels must be integers, got {arr.dtype}")
-        arrays[idx] = arr
-    missing = [i for i, a in enumerate(arrays) if a is None]
-    if missing:
-        raise AiodError(f"merge: labels of substacks {missing} are missing")
-    return arrays
-
-
 def _contains(outer, inner) -> bool:
     return all(a0 <= b0 and b1 <= a1 for (a0, a1), (b0, b1) in zip(outer, inner))
 
@@ -151,45 +111,66 @@ def _crop(labels: np.ndarray, origin, region) -> np.ndarray:
     return labels[_rel(region, origin)]
 
 
+def _runs(labels: np.ndarray) -> np.ndarray:
+    """The values of `labels` (C order) with consecutive repeats dropped: every distinct value
+    is there, and label images shrink by their run length."""
+    flat = labels.reshape(-1)
+    if flat.size < 2:
+        return flat
+    keep = np.empty(flat.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=keep[1:])
+    return flat[keep]
+
+
+def _dense(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct values of `labels` and 0, sorted; each voxel's index in them)."""
+    uniq = np.unique(np.concatenate([_runs(labels), np.zeros(1, dtype=labels.dtype)]))
+    top = int(uniq[-1]) if len(uniq) else 0
+    if int(uniq[0]) >= 0 and top < DENSE_LABELS and top <= 8 * labels.size:
+        lut = np.zeros(top + 1, dtype=np.int64)
+        lut[uniq] = np.arange(len(uniq))
+        return uniq, lut[labels]
+    return uniq, np.searchsorted(uniq, labels)
+
+
 def _seam_pairs(plan: Plan, arrays, s: int, t: int, r: int, shared=None, held=None) -> np.ndarray:
-    """Unique (a, b): local labels of s and t with core voxels within r voxels of each other
-    (chessboard distance) across the seam. The band along the seam is cut from `held` (the
-    two substacks' labels on the region `shared`) when it lies inside it, else read."""
+    """Unique (a, b), sorted: local labels of s and t with core voxels within r voxels of each
+    other (chessboard distance) across the seam. Only the cores' parts in the band of r voxels
+    along the seam are read; they are cut from `held` (the two substacks' labels on the region
+    `shared`) when the band lies inside it. Each offset is compared only where the shifted
+    cores meet, on dense ids, and pairs are marked in a table rather than sorted."""
     cs, ct = plan.substacks[s], plan.substacks[t]
     band = tuple(
         (max(0, max(a0, b0) - r), min(n, min(a1, b1) + r))
         for (a0, a1), (b0, b1), n in zip(cs.core, ct.core, plan.spatial_shape)
     )
     inside = held is not None and _contains(shared, band)
-    shape = tuple(b - a for a, b in band)
-    layers = []
-    for k, (sub, arr) in enumerate(((cs, arrays[s]), (ct, arrays[t]))):
-        lab = np.zeros(shape, dtype=held[k].dtype if inside else arr.dtype)
-        own = np.zeros(shape, dtype=bool)
-        region = _intersect(sub.core, band)
-        if region is not None:
-            lab[_rel(region, band)] = _crop(held[k], shared, region) if inside else _read(arr, sub, region)
-            own[_rel(region, band)] = True
-        layers.append((lab, own))
-    (ls, ms), (lt, mt) = layers
-    found = []
-    for off in itertools.product(range(-r, r + 1), repeat=len(shape)):
-        if not any(off):
-            continue
-        src = tuple(slice(max(0, -o), n - max(0, o)) for o, n in zip(off, shape))
-        dst = tuple(slice(max(0, o), n - max(0, -o)) for o, n in zip(off, shape))
-        a, b = ls[src], lt[dst]
-        keep = ms[src] & mt[dst] & (a != 0) & (b != 0)
-        if keep.any():  # a pair as one number: a * 2**32 + b (labels below 2**32), else rows
-            a, b = a[keep].astype(np.uint64), b[keep].astype(np.uint64)
-            if max(int(a.max()), int(b.max())) < 1 << 32:
-                found.append(np.unique((a << np.uint64(32)) | b))
-            else:
-                found.append(np.unique(np.stack([a, b], 1), axis=0))
-    if not found:
+    rs, rt = _intersect(cs.core, band), _intersect(ct.core, band)
+    if rs is None or rt is None:
         return np.zeros((0, 2), dtype=np.int64)
-    flat = [np.stack([f >> np.uint64(32), f & np.uint64(0xFFFFFFFF)], 1) if f.ndim == 1 else f for f in found]
-    return np.unique(np.concatenate(flat), axis=0).astype(np.int64)
+    ls = _crop(held[0], shared, rs) if inside else _read(arrays[s], cs, rs)
+    lt = _crop(held[1], shared, rt) if inside else _read(arrays[t], ct, rt)
+    ua, ia = _dense(ls)
+    ub, ib = _dense(lt)
+    nb = len(ub)
+    table = np.zeros(len(ua) * nb, dtype=bool) if len(ua) * nb <= SEEN_TABLE else None
+    found = []
+    for off in itertools.product(range(-r, r + 1), repeat=len(band)):
+        meet = _intersect(rs, tuple((a0 - o, a1 - o) for (a0, a1), o in zip(rt, off)))
+        if meet is None:  # includes off == 0: cores are disjoint
+            continue
+        a = ia[_rel(meet, rs)]
+        b = ib[tuple(slice(p0 + o - t0, p1 + o - t0) for (p0, p1), o, (t0, _) in zip(meet, off, rt))]
+        key = a * nb + b
+        if table is not None:
+            table[key.reshape(-1)] = True
+        else:
+            found.append(np.unique(_runs(key)))
+    keys = np.flatnonzero(table) if table is not None else np.unique(np.concatenate([np.zeros(0, np.int64), *found]))
+    pa, pb = ua[keys // nb], ub[keys % nb]
+    keep = (pa != 0) & (pb != 0)
+    return np.stack([pa[keep], pb[keep]], 1).astype(np.int64)
 
 
 def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -198,23 +179,79 @@ def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarr
     return np.where(keys[pos] == query, values[pos], 0)
 
 
-def _overlap_counts(x: np.ndarray, y: np.ndarray):
-    """(x labels, y labels, voxel counts) of the label pairs of two equal-shape arrays, sorted
-    by (x, y); counted PIECE_VOXELS at a time so the int64 temporaries stay small."""
-    x, y = x.reshape(-1), y.reshape(-1)
+def _positions(keys: np.ndarray, labels: np.ndarray, top: int | None) -> np.ndarray:
+    """1 + the index of each label in `keys` (sorted), 0 where it is not a key. A dense table
+    when the labels are small (`top`: their maximum, when known)."""
+    if top is not None and 0 <= top < DENSE_LABELS and (not len(keys) or int(keys[0]) >= 0):
+        lut = np.zeros(top + 2, dtype=np.int64)  # the last entry catches labels above `top`
+        lut[keys[keys <= top]] = np.flatnonzero(keys <= top) + 1
+        return np.take(lut, labels, mode="clip")
+    pos = np.minimum(np.searchsorted(keys, labels), max(len(keys) - 1, 0))
+    return np.where(keys[pos] == labels, pos + 1, 0) if len(keys) else np.zeros(labels.shape, np.int64)
+
+
+def _link_counts(x: np.ndarray, y: np.ndarray, cand: np.ndarray, tops=(None, None)):
+    """|a ∩ R|, |b ∩ R| and |a ∩ b| for each candidate pair (a, b), counted on x and y (the
+    two substacks' labels on R). Labels are mapped to dense candidate ids (0: not one), and
+    counted by np.bincount, PIECE_VOXELS at a time; no sorting."""
+    ca, cb = np.unique(cand[:, 0]), np.unique(cand[:, 1])
+    n1 = len(cb) + 1
+    n_pairs = (len(ca) + 1) * n1
+    size_a = np.zeros(len(ca) + 1, dtype=np.int64)
+    size_b = np.zeros(n1, dtype=np.int64)
+    inter = np.zeros(n_pairs, dtype=np.int64) if n_pairs <= PAIR_TABLE else None
     parts = []
+    x, y = x.reshape(-1), y.reshape(-1)
     for i in range(0, len(x), PIECE_VOXELS):
-        xs, ys = x[i : i + PIECE_VOXELS].astype(np.uint64), y[i : i + PIECE_VOXELS].astype(np.uint64)
-        if len(xs) and max(int(xs.max()), int(ys.max())) < 1 << 32:
-            k, c = np.unique((xs << np.uint64(32)) | ys, return_counts=True)
-            pa, pb = k >> np.uint64(32), k & np.uint64(0xFFFFFFFF)
+        xs, ys = x[i : i + PIECE_VOXELS], y[i : i + PIECE_VOXELS]
+        # runs of equal (x, y) along the rows: one entry each, weighted by its length
+        start = np.empty(len(xs), dtype=bool)
+        start[:1] = True
+        np.not_equal(xs[1:], xs[:-1], out=start[1:])
+        start[1:] |= ys[1:] != ys[:-1]
+        first = np.flatnonzero(start)
+        length = np.diff(first, append=len(xs))
+        ia = _positions(ca, xs[first], tops[0])
+        ib = _positions(cb, ys[first], tops[1])
+        size_a += np.bincount(ia, weights=length, minlength=len(size_a)).astype(np.int64)
+        size_b += np.bincount(ib, weights=length, minlength=n1).astype(np.int64)
+        both = (ia != 0) & (ib != 0)
+        key, length = ia[both] * n1 + ib[both], length[both]
+        if inter is not None:
+            inter += np.bincount(key, weights=length, minlength=n_pairs).astype(np.int64)
         else:
-            pa, pb, c = pair_counts(xs.astype(np.int64), ys.astype(np.int64))
-        parts.append(np.stack([pa.astype(np.int64), pb.astype(np.int64), c.astype(np.int64)], 1))
-    table = np.concatenate(parts) if parts else np.zeros((0, 3), dtype=np.int64)
-    keys, inv = np.unique(table[:, :2], axis=0, return_inverse=True)
-    counts = np.bincount(inv.ravel(), weights=table[:, 2], minlength=len(keys)).astype(np.int64)
-    return keys[:, 0], keys[:, 1], counts
+            uk, inv = np.unique(key, return_inverse=True)
+            parts.append((uk, np.bincount(inv.ravel(), weights=length, minlength=len(uk)).astype(np.int64)))
+    qa = np.searchsorted(ca, cand[:, 0]) + 1
+    qb = np.searchsorted(cb, cand[:, 1]) + 1
+    want = qa * n1 + qb
+    if inter is not None:
+        both = inter[want]
+    else:
+        keys = np.concatenate([np.zeros(0, np.int64), *(k for k, _ in parts)])
+        counts = np.concatenate([np.zeros(0, np.int64), *(c for _, c in parts)])
+        uk, inv = np.unique(keys, return_inverse=True)
+        total = np.bincount(inv.ravel(), weights=counts, minlength=len(uk)).astype(np.int64)
+        both = _lookup(uk, total, want) if len(uk) else np.zeros(len(want), np.int64)
+    return size_a[qa], size_b[qb], both
+
+
+def _max_label(arr) -> int | None:
+    top = arr.attrs.get("max_label") if hasattr(arr, "attrs") else None
+    return None if top is None else int(top)
+
+
+def _read_held(arr, sub, region) -> np.ndarray:
+    """Labels of `sub` on `region`, read SLAB_VOXELS at a time (cut at the array's chunk
+    boundaries) into one array of the smallest unsigned type that holds `max_label`."""
+    top, dtype = _max_label(arr), np.dtype(arr.dtype)
+    if top is not None and dtype.kind == "u":
+        dtype = np.dtype(np.uint8 if top < 1 << 8 else np.uint16 if top < 1 << 16 else dtype)
+    held = np.empty(tuple(b - a for a, b in region), dtype=dtype)
+    origin = tuple(a for a, _ in sub.box)
+    for piece in _pieces(region, getattr(arr, "chunks", None), origin, SLAB_VOXELS):
+        held[tuple(slice(p.start - a, p.stop - a) for p, (a, _) in zip(piece, region))] = arr[_in_box(sub, piece)]
+    return held
 
 
 def _candidates_and_links(plan, arrays, s, t, threshold):
@@ -225,20 +262,13 @@ def _candidates_and_links(plan, arrays, s, t, threshold):
     if shared is None:  # no overlap, nothing to compare: every adjacent pair is linked
         cand = _seam_pairs(plan, arrays, s, t, 1)
         return cand, cand
-    held = (_read(arrays[s], plan.substacks[s], shared), _read(arrays[t], plan.substacks[t], shared))
+    held = (_read_held(arrays[s], plan.substacks[s], shared), _read_held(arrays[t], plan.substacks[t], shared))
     cand = _seam_pairs(plan, arrays, s, t, SEAM_REACH, shared, held)
     if not len(cand):
         return cand, cand
-    pa, pb, cxy = _overlap_counts(*held)
+    size_a, size_b, inter = _link_counts(*held, cand, (_max_label(arrays[s]), _max_label(arrays[t])))
     del held
-    ua, ia = np.unique(pa, return_inverse=True)
-    ub, ib = np.unique(pb, return_inverse=True)
-    size_a = _lookup(ua, np.bincount(ia.ravel(), weights=cxy), cand[:, 0])
-    size_b = _lookup(ub, np.bincount(ib.ravel(), weights=cxy), cand[:, 1])
-    # (pa, pb) come sorted, so their ranks in (ua, ub) give sorted keys
-    keys = ia.ravel().astype(np.int64) * len(ub) + np.searchsorted(ub, pb)
-    want = np.searchsorted(ua, cand[:, 0]).astype(np.int64) * len(ub) + np.searchsorted(ub, cand[:, 1])
-    inter = np.where((size_a > 0) & (size_b > 0), _lookup(keys, cxy, want), 0)
+    inter = np.where((size_a > 0) & (size_b > 0), inter, 0)
     ok = (inter > 0) & (inter >= threshold * np.minimum(size_a, size_b))
     return cand, cand[ok]
 
@@ -276,10 +306,11 @@ def _core_labels(sub, arr) -> np.ndarray:
     origin = tuple(a for a, _ in sub.box)
     for piece in _pieces(sub.core, getattr(arr, "chunks", None), origin, SLAB_VOXELS):
         lab = np.asarray(arr[_in_box(sub, piece)])
-        if seen is not None and lab.size and int(lab.max()) < len(seen):
-            seen[lab.ravel()] = True
+        vals = _runs(lab)
+        if seen is not None and vals.size and int(vals.max()) < len(seen) and int(vals.min()) >= 0:
+            seen[vals] = True
         else:
-            found.append(np.unique(lab).astype(np.int64))
+            found.append(np.unique(vals).astype(np.int64))
     if seen is not None:
         found.append(np.flatnonzero(seen))
     labs = np.unique(np.concatenate(found))
@@ -298,7 +329,7 @@ def _write_core(sub, arr, node_labels, ids, out, pool) -> None:
     def one(piece):
         lab = np.asarray(arr[_in_box(sub, piece)])
         if lut is not None:
-            mapped = np.take(lut, lab)  # every label in the core is a node, so <= top
+            mapped = lut[lab]  # every label in the core is a node, so <= top (faster than np.take)
         else:
             mapped = np.zeros(lab.shape, dtype=ids.dtype)
             fg = lab != 0
@@ -307,6 +338,25 @@ def _write_core(sub, arr, node_labels, ids, out, pool) -> None:
 
     chunks = getattr(out, "chunks", None)
     list(pool.map(one, _pieces(sub.core, chunks, (0,) * len(sub.core), SLAB_VOXELS)))
+
+
+def bound_malloc() -> None:
+    """Keep glibc's malloc from hoarding freed slabs. By default it gives every thread (ours
+    and zarr's decoding threads) an arena of its own and raises its mmap threshold to the
+    largest block freed so far; the slabs and decoded chunks that come and go then pile up in
+    several arenas and resident memory grows to twice or more what is live. One arena, with
+    fixed mmap and trim thresholds of MALLOC_THRESHOLD (above one slab, so slabs are reused
+    rather than faulted in afresh each time; a lower trim threshold doubles the merge's wall
+    time), keeps it near what is live. Process-wide and lasting, so merge_substacks does not
+    call it: the pipeline's merge step (steps.merge_result), a process of its own, does. A
+    no-op without glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(ctypes.c_int(-8), ctypes.c_int(1))  # M_ARENA_MAX: one arena for all threads
+        libc.mallopt(ctypes.c_int(-3), ctypes.c_int(MALLOC_THRESHOLD))  # M_MMAP_THRESHOLD
+        libc.mallopt(ctypes.c_int(-1), ctypes.c_int(MALLOC_THRESHOLD))  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def merge_substacks(
@@ -319,14 +369,16 @@ def merge_substacks(
 ) -> MergeStats:
     """Merge the substacks' labels into `create_output(dtype)` (shape `plan.spatial_shape`).
 
-    `workers` threads (default: the CPU count, at most 4) read, link and write in parallel;
-    each holds at most one slab or one shared region at a time."""
+    `workers` threads (default: the CPU count, at most 2) read, link and write in parallel;
+    each holds at most one slab, or one shared region (in the smallest unsigned type that
+    holds the substack's labels), at a time."""
     if not 0.0 <= link_threshold <= 1.0:
         raise AiodError(f"merge: link_threshold {link_threshold} must be between 0 and 1")
-    arrays = _open_all(plan, [Path(p) for p in substack_paths])
+    arrays = open_all(plan, [Path(p) for p in substack_paths])
     subs = plan.substacks
-    workers = workers or min(4, os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool:
+    workers = workers or min(2, os.cpu_count() or 1)
+    # zarr decodes and encodes one chunk at a time per call; the workers are the parallelism
+    with zarr.config.set({"async.concurrency": 1}), ThreadPoolExecutor(workers) as pool:
         # 1. nodes: local labels owning core voxels, in (substack, label) order
         nodes = list(pool.map(_core_labels, subs, arrays))
         offsets = np.concatenate([[0], np.cumsum([len(n) for n in nodes])]).astype(np.int64)

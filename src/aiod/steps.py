@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import RESULT_FORMAT_VERSION, __version__, imageio, merge, ngff, planner
+from . import RESULT_FORMAT_VERSION, __version__, imageio, merge, ngff, planner, substack_labels
 from .cache import Cache, cache_key
 from .fingerprint import fingerprint
 from .errors import AiodError, PlanError
@@ -100,7 +100,7 @@ def segment(*, job_json: Path, image_path: Path, index: int, out: Path) -> None:
     labels = family.segment(array, params, job["prepared"], job["image"]["scale"])
     del array
     seg_s = time.time() - started - read_s
-    merge.write_substack_labels(out, labels, index, attrs={"read_seconds": read_s, "segment_seconds": seg_s})
+    substack_labels.write_substack_labels(out, labels, index, attrs={"read_seconds": read_s, "segment_seconds": seg_s})
     log(f"{job['id']} substack {index}: {int(np.count_nonzero(np.unique(labels)))} objects, read {read_s:.1f} s, segment {seg_s:.1f} s")
 
 
@@ -128,6 +128,7 @@ def merge_result(*, job_json: Path, substacks: list[Path], out: Path) -> dict:
     root = out / "labels.ome.zarr"
     scale = job["image"]["scale"]
     started = time.time()
+    merge.bound_malloc()  # this process only merges: keep freed slabs from piling up
     stats = merge.merge_substacks(
         the_plan, substacks,
         lambda dtype: ngff.create_labels(root, name, the_plan.spatial_shape, the_plan.spatial_axes, dtype, scale=scale),
@@ -137,7 +138,7 @@ def merge_result(*, job_json: Path, substacks: list[Path], out: Path) -> dict:
     merge_s = time.time() - started
     timings = {}
     for path in substacks:
-        index, arr = merge.open_substack_labels(path)
+        index, arr = substack_labels.open_substack_labels(path)
         timings[str(index)] = {k: arr.attrs.get(k) for k in ("read_seconds", "segment_seconds")}
     manifest = {
         "format": "aiod-result/1", "result_format": RESULT_FORMAT_VERSION, "aiod_version": __version__,
