@@ -12,7 +12,7 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aiod import merge, metrics, substack_labels, synthetic
+from aiod import merge, metrics, seams, substack_labels, synthetic
 from aiod.errors import AiodError
 from aiod.planner import plan_substacks
 
@@ -260,8 +260,9 @@ def test_sorted_fallbacks_for_large_labels_give_the_same_mask(tmp_path, monkeypa
     large local ids must merge to the same bytes."""
     gt = nuclei_2d()
     a, sa = split_and_merge(tmp_path, gt, (4, 4), 16, synthetic.noisy_local_model, 2)
-    for name in ("DENSE_LABELS", "PAIR_TABLE", "SEEN_TABLE"):
-        monkeypatch.setattr(merge, name, 0)
+    monkeypatch.setattr(substack_labels, "DENSE_LABELS", 0)
+    for name in ("PAIR_TABLE", "SEEN_TABLE"):
+        monkeypatch.setattr(seams, name, 0)
     b, sb = split_and_merge(tmp_path, gt, (4, 4), 16, synthetic.noisy_local_model, 2)
     assert a.tobytes() == b.tobytes() and sa == sb
 
@@ -278,10 +279,10 @@ def test_links_are_those_of_the_sorted_overlap_count(tmp_path):
         arrays.append(substack_labels.open_substack_labels(tmp_path / f"{sub.index}.zarr")[1])
     for s in range(len(plan.substacks)):
         for t in [t for t in plan.neighbours(s) if t > s]:
-            cand, linked = merge._candidates_and_links(plan, arrays, s, t, 0.5)
-            shared = merge._intersect(plan.substacks[s].box, plan.substacks[t].box)
-            x = merge._read(arrays[s], plan.substacks[s], shared).ravel()
-            y = merge._read(arrays[t], plan.substacks[t], shared).ravel()
+            cand, linked = seams.candidates_and_links(plan, arrays, s, t, 0.5)
+            shared = seams._intersect(plan.substacks[s].box, plan.substacks[t].box)
+            x = seams._read(arrays[s], plan.substacks[s], shared).ravel()
+            y = seams._read(arrays[t], plan.substacks[t], shared).ravel()
             want = [
                 (a, b) for a, b in cand
                 if 0 < np.count_nonzero((x == a) & (y == b)) >= 0.5 * min(np.count_nonzero(x == a), np.count_nonzero(y == b))

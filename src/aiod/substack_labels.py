@@ -7,6 +7,8 @@ dtype, 0 = background, local ids arbitrary; attrs `aiod_substack` (its index in 
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,6 +18,8 @@ from aiod.errors import AiodError
 from aiod.planner import Plan
 
 CHUNK_EDGE = {2: 512, 3: 128}
+SLAB_VOXELS = 1 << 21  # voxels read (and mapped, written) at a time: one 128³ chunk
+DENSE_LABELS = 1 << 22  # local labels below this are mapped through dense tables
 
 
 def write_substack_labels(path, labels: np.ndarray, index: int, attrs: dict | None = None) -> None:
@@ -69,3 +73,45 @@ def open_all(plan: Plan, paths: Sequence) -> list:
     if missing:
         raise AiodError(f"merge: labels of substacks {missing} are missing")
     return arrays
+
+
+def pieces(core, chunks, origin, limit: int) -> list[tuple[slice, ...]]:
+    """The core (ranges, image coordinates) cut into pieces of at most `limit` voxels, along
+    the leading axes first, only at chunk boundaries (`origin` + multiples of `chunks`), so
+    that two pieces never share a chunk; `chunks=None` cuts anywhere."""
+    extent = [b - a for a, b in core]
+    steps, voxels = [], math.prod(extent)
+    for k, n in enumerate(extent):
+        if voxels <= limit:
+            steps.append(n)
+            continue
+        step = chunks[k] if chunks else max(1, limit // max(1, voxels // n))
+        steps.append(step)
+        voxels = voxels // n * min(n, step)
+    axes = []
+    for (a, b), step, o in zip(core, steps, origin):
+        first = o + ((a - o) // step + 1) * step
+        cuts = [a, *range(first, b, step), b]
+        axes.append([slice(p, q) for p, q in zip(cuts[:-1], cuts[1:])])
+    return list(itertools.product(*axes))
+
+
+def in_box(sub, piece: tuple[slice, ...]) -> tuple[slice, ...]:
+    return tuple(slice(r.start - b0, r.stop - b0) for r, (b0, _) in zip(piece, sub.box))
+
+
+def runs(labels: np.ndarray) -> np.ndarray:
+    """The values of `labels` (C order) with consecutive repeats dropped: every distinct value
+    is there, and label images shrink by their run length."""
+    flat = labels.reshape(-1)
+    if flat.size < 2:
+        return flat
+    keep = np.empty(flat.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=keep[1:])
+    return flat[keep]
+
+
+def max_label(arr) -> int | None:
+    top = arr.attrs.get("max_label") if hasattr(arr, "attrs") else None
+    return None if top is None else int(top)
