@@ -8,14 +8,15 @@ For each volume size it generates a dense uint32 label volume (touching box-like
 wavy walls and random sizes, about 8% of cells left as background) chunk by chunk into a zarr,
 plans substacks with `aiod.planner`, writes every substack's labels as a *perfect local model*
 would (the ground truth cropped to the box, relabelled, ids shuffled) with
-`substack_labels.write_substack_labels`, and then measures, each in its own subprocess (peak RSS =
+`substack_labels.write_substack_labels(..., plan=plan)` as the SEGMENT step does (timed: the
+write is SEGMENT's cost), and then measures, each in its own subprocess (peak RSS =
 VmHWM of that process, wall time of the work only):
 
 - copy:    a plain chunked zarr -> zarr copy of the volume, all cores busy (the I/O floor);
 - merge:   `merge.merge_substacks` into a zarr output (what the pipeline does);
 - relabel: the naive way: the whole volume in memory (every core pasted with unique ids),
            `skimage.segmentation.relabel_sequential`, written out (the AIoD approach);
-- python:  the interpreter with numpy, scipy, zarr and aiod imported and nothing done.
+- python:  the interpreter with numpy, scipy, zarr and aiod.merge imported and nothing done.
 
 It compares the merged mask with the ground truth (objects split or fused), then prints a table.
 (The generator's wavy walls leave a few cells with a stray voxel or two cut off; a perfect
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -38,7 +40,9 @@ import zarr
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from aiod import merge, metrics, substack_labels, synthetic  # noqa: E402
+# metrics and synthetic (scikit-image) are imported where the parent needs them, so that the
+# measured children hold only numpy, scipy, zarr and the merge
+from aiod import merge, substack_labels  # noqa: E402
 from aiod.planner import Plan, plan_substacks  # noqa: E402
 
 CHUNKS = (128, 128, 128)  # the output chunks the pipeline's OME-Zarr labels use
@@ -87,29 +91,40 @@ class Cells:
 
 
 def generate(workdir: Path, shape, core, halo):
-    """Ground truth, plan and substack labels for one volume size (kept if already there)."""
+    """Ground truth, plan and substack labels for one volume size (kept if already there; the
+    substack files are written again when their format has changed)."""
     done = workdir / "ready.json"
-    if done.exists():
-        return json.loads(done.read_text())
+    info = json.loads(done.read_text()) if done.exists() else {}
+    if info.get("substack_format") == substack_labels.FORMAT:
+        return info
     workdir.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    cells = Cells(shape)
-    gt = create(workdir / "gt.zarr", shape, np.uint32)
-    block = (CHUNKS[0], CHUNKS[1], shape[2])
-    with ThreadPoolExecutor(os.cpu_count()) as pool:
-        list(pool.map(lambda sl: gt.__setitem__(sl, cells.block(sl)), _blocks(shape, block)))
+    if not info:
+        started = time.time()
+        cells = Cells(shape)
+        gt = create(workdir / "gt.zarr", shape, np.uint32)
+        block = (CHUNKS[0], CHUNKS[1], shape[2])
+        with ThreadPoolExecutor(os.cpu_count()) as pool:
+            list(pool.map(lambda sl: gt.__setitem__(sl, cells.block(sl)), _blocks(shape, block)))
+        info["generate_seconds"] = time.time() - started
+    from aiod import synthetic
+
+    gt = zarr.open_array(str(workdir / "gt.zarr"), mode="r")
     grid = tuple(max(1, round(n / c)) for n, c in zip(shape, core))
     plan = plan_substacks(shape, "ZYX", grid, (halo,) * 3, bytes_per_voxel=4, memory_budget=None)
     plan.save(workdir / "plan.json")
     rng = np.random.default_rng(1)
-    paths = []
+    paths, write_s = [], 0.0
     for sub in plan.substacks:
         path = workdir / f"substack_{sub.index}.zarr"
-        substack_labels.write_substack_labels(path, synthetic.perfect_local_model(gt, sub.box_slices, rng), sub.index)
+        shutil.rmtree(path, ignore_errors=True)
+        labels = synthetic.perfect_local_model(gt, sub.box_slices, rng)
+        started = time.perf_counter()  # what SEGMENT spends writing its labels
+        substack_labels.write_substack_labels(path, labels, sub.index, plan=plan)
+        write_s += time.perf_counter() - started
         paths.append(str(path))
-    info = {"shape": list(shape), "grid": list(grid), "halo": halo, "paths": paths,
-            "largest_box_bytes": 4 * max(int(np.prod(s.box_shape)) for s in plan.substacks),
-            "generate_seconds": time.time() - started}
+    info.update(shape=list(shape), grid=list(grid), halo=halo, paths=paths,
+                largest_box_bytes=4 * max(int(np.prod(s.box_shape)) for s in plan.substacks),
+                write_seconds_per_substack=write_s / len(paths), substack_format=substack_labels.FORMAT)
     done.write_text(json.dumps(info))
     return info
 
@@ -137,11 +152,10 @@ def do_relabel(workdir: Path, info):
     plan = Plan.load(workdir / "plan.json")
     whole = np.zeros(plan.spatial_shape, dtype=np.uint64)
     offset = 0
-    for sub, path in zip(plan.substacks, info["paths"]):
-        _, arr = substack_labels.open_substack_labels(path)
-        core = np.asarray(arr[sub.core_in_box]).astype(np.uint64)
+    for sub, labels in zip(plan.substacks, substack_labels.open_all(plan, info["paths"])):
+        core = labels.read(sub.core).astype(np.uint64)
         whole[sub.core_slices] = np.where(core != 0, core + offset, 0)
-        offset += int(arr.attrs["max_label"])
+        offset += labels.max_label
     relabelled = relabel_sequential(whole)[0].astype(np.uint32)
     del whole
     create(workdir / "relabel.zarr", plan.spatial_shape, np.uint32)[...] = relabelled
@@ -179,6 +193,8 @@ def measure(what: str, workdir: Path) -> dict:
 
 def compare(gt_path, merged_path) -> str:
     """Objects of the ground truth split or fused in the merged mask (any overlap counts)."""
+    from aiod import metrics
+
     table = metrics.contingency(zarr.open_array(str(gt_path), mode="r"), zarr.open_array(str(merged_path), mode="r"))
     fg = (table.gt != 0) & (table.pred != 0)
     bg = int(table.count[(table.gt == 0) != (table.pred == 0)].sum())
@@ -212,7 +228,8 @@ def main() -> int:
         res = {w: measure(w, workdir) for w in ("python", "copy", "merge", "relabel") if w not in args.skip}
         ok = compare(workdir / "gt.zarr", workdir / "merged.zarr") if "merge" in res else None
         rows.append((shape, info, res, ok))
-        print(f"{size}: generated in {info['generate_seconds']:.0f} s; "
+        print(f"{size}: generated in {info['generate_seconds']:.0f} s, substack labels written in "
+              f"{info['write_seconds_per_substack']:.2f} s each; "
               + "; ".join(f"{w} {json.dumps(r)}" for w, r in res.items()), file=sys.stderr)
 
     mib = 1 << 20

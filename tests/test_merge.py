@@ -17,14 +17,17 @@ from aiod.errors import AiodError
 from aiod.planner import plan_substacks
 
 
-def split_and_merge(tmp_path, gt, grid, halo, model, seed=0, output=None, **kw):
+def split_and_merge(tmp_path, gt, grid, halo, model, seed=0, output=None, with_plan=True, **kw):
+    """Segment every box with `model`, write the label files as SEGMENT does (with the plan,
+    or without it: `with_plan=False`), merge them."""
     axes = "ZYX"[-gt.ndim :]
     plan = plan_substacks(gt.shape, axes, grid, (halo,) * gt.ndim, bytes_per_voxel=1, memory_budget=None)
     rng = np.random.default_rng(seed)
     paths = []
     for sub in plan.substacks:
-        path = tmp_path / f"sub{sub.index}_{seed}.zarr"
-        substack_labels.write_substack_labels(path, model(gt, sub.box_slices, rng), sub.index)
+        path = tmp_path / f"sub{sub.index}_{seed}_{with_plan}.zarr"
+        substack_labels.write_substack_labels(path, model(gt, sub.box_slices, rng), sub.index,
+                                              plan=plan if with_plan else None)
         paths.append(path)
     holder = {}
 
@@ -197,14 +200,6 @@ def test_more_than_uint32_objects_switch_to_uint64(tmp_path, monkeypatch):
     assert same_partition(gt, out)
 
 
-def test_substack_labels_round_trip_with_their_index(tmp_path):
-    labels = np.arange(12, dtype=np.uint16).reshape(3, 4)
-    substack_labels.write_substack_labels(tmp_path / "s.zarr", labels, 5)
-    idx, arr = substack_labels.open_substack_labels(tmp_path / "s.zarr")
-    assert idx == 5 and arr.dtype == np.uint16 and np.array_equal(arr[...], labels)
-    assert arr.attrs["max_label"] == 11
-
-
 def test_missing_substack_is_named(tmp_path):
     plan = plan_substacks((32, 32), "YX", (2, 1), (4, 4), bytes_per_voxel=1, memory_budget=None)
     substack_labels.write_substack_labels(tmp_path / "a.zarr", np.zeros(plan.substacks[0].box_shape, np.uint8), 0)
@@ -255,12 +250,11 @@ def test_neighbour_outside_the_shared_region_is_not_joined_to_an_object_crossing
     assert same_partition(gt, out)
 
 
-def test_sorted_fallbacks_for_large_labels_give_the_same_mask(tmp_path, monkeypatch):
-    """Dense tables (label lookups, pair marks and counts) and their sorted fallbacks for
-    large local ids must merge to the same bytes."""
+def test_sorted_fallbacks_for_many_candidates_give_the_same_mask(tmp_path, monkeypatch):
+    """Dense tables (pair marks and counts) and their sorted fallbacks for many candidates
+    must merge to the same bytes."""
     gt = nuclei_2d()
     a, sa = split_and_merge(tmp_path, gt, (4, 4), 16, synthetic.noisy_local_model, 2)
-    monkeypatch.setattr(substack_labels, "DENSE_LABELS", 0)
     for name in ("PAIR_TABLE", "SEEN_TABLE"):
         monkeypatch.setattr(seams, name, 0)
     b, sb = split_and_merge(tmp_path, gt, (4, 4), 16, synthetic.noisy_local_model, 2)
@@ -273,16 +267,15 @@ def test_links_are_those_of_the_sorted_overlap_count(tmp_path):
     gt = synthetic.touching_nuclei((64, 64, 64), n=60, radius=(5, 9), seed=4)
     plan = plan_substacks(gt.shape, "ZYX", (2, 2, 2), (8,) * 3, bytes_per_voxel=1, memory_budget=None)
     rng = np.random.default_rng(3)
-    arrays = []
     for sub in plan.substacks:
-        substack_labels.write_substack_labels(tmp_path / f"{sub.index}.zarr", synthetic.noisy_local_model(gt, sub.box_slices, rng), sub.index)
-        arrays.append(substack_labels.open_substack_labels(tmp_path / f"{sub.index}.zarr")[1])
+        labels = synthetic.noisy_local_model(gt, sub.box_slices, rng)
+        substack_labels.write_substack_labels(tmp_path / f"{sub.index}.zarr", labels, sub.index, plan=plan)
+    files = substack_labels.open_all(plan, [tmp_path / f"{sub.index}.zarr" for sub in plan.substacks])
     for s in range(len(plan.substacks)):
         for t in [t for t in plan.neighbours(s) if t > s]:
-            cand, linked = seams.candidates_and_links(plan, arrays, s, t, 0.5)
-            shared = seams._intersect(plan.substacks[s].box, plan.substacks[t].box)
-            x = seams._read(arrays[s], plan.substacks[s], shared).ravel()
-            y = seams._read(arrays[t], plan.substacks[t], shared).ravel()
+            cand, linked = seams.candidates_and_links(plan, files, s, t, 0.5)
+            shared = substack_labels.intersect(plan.substacks[s].box, plan.substacks[t].box)
+            x, y = files[s].read(shared).ravel(), files[t].read(shared).ravel()
             want = [
                 (a, b) for a, b in cand
                 if 0 < np.count_nonzero((x == a) & (y == b)) >= 0.5 * min(np.count_nonzero(x == a), np.count_nonzero(y == b))

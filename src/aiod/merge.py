@@ -1,46 +1,47 @@
 """Seam-free merge of per-substack labels into one image of globally unique object ids.
 
-Each substack was segmented on its box (core + halo); its labels have the box's shape, any
-integer dtype, 0 = background, local ids arbitrary. The merge:
+Each substack was segmented on its box (core + halo); its label file (substack_labels.py)
+holds those labels renumbered 1..n in the order of the model's ids, 0 = background. The merge:
 
 1. **Ownership.** Every output voxel takes its label from the substack whose *core* holds it
    (the one that saw it with the most context). A *node* is (substack, local label) for every
-   local label with at least one voxel in its own core.
-2. **Links** (seams.py). For every pair of substacks s, t whose cores touch (face, edge or corner), the
-   candidates are the node pairs (s, a), (t, b) whose core voxels come within `seams.SEAM_REACH`
-   (2) voxels of each other across the seam (chessboard distance: adjacency, plus the
-   one-voxel gap that a boundary drawn a voxel in by one model and a voxel out by the other
-   leaves). It is enough to read a band of 2 * SEAM_REACH voxels along the seam. A candidate
-   is linked when, in the shared region R = box(s) ∩ box(t) that both substacks labelled,
-   |a ∩ b| >= link_threshold * min(|a ∩ R|, |b ∩ R|) and |a ∩ b| > 0, counted on the two
-   label arrays cropped to R. An object crossing a seam is seen by both and overlaps itself; touching
-   objects share only a thin boundary. Chains of links join objects longer than the halo and
-   non-convex objects that one substack sees as two pieces. (With zero overlap R is empty:
-   then the candidates are the pairs adjacent across the seam, and all of them are linked.)
+   local label with at least one voxel in its own core: labels 1..m, as the file records.
+2. **Links** (seams.py). For every pair of substacks s, t whose cores touch (face, edge or
+   corner), the candidates are the node pairs (s, a), (t, b) whose core voxels come within
+   `seams.SEAM_REACH` (2) voxels of each other across the seam (chessboard distance:
+   adjacency, plus the one-voxel gap that a boundary drawn a voxel in by one model and a voxel
+   out by the other leaves). It is enough to read a band of 2 * SEAM_REACH voxels along the
+   seam. A candidate is linked when, in the shared region R = box(s) ∩ box(t) that both
+   substacks labelled, |a ∩ b| >= link_threshold * min(|a ∩ R|, |b ∩ R|) and |a ∩ b| > 0,
+   counted on the two label arrays cropped to R. An object crossing a seam is seen by both and
+   overlaps itself; touching objects share only a thin boundary. Chains of links join objects
+   longer than the halo and non-convex objects that one substack sees as two pieces. (With
+   zero overlap R is empty: then the candidates are the pairs adjacent across the seam, and
+   all of them are linked.)
 3. **Ids.** Connected components of the link graph get ids 1..n in the order of their
    smallest (substack index, local label); uint32, or uint64 beyond 2**32 - 1 objects.
-4. **Write.** Each substack's core is mapped local -> global (a dense lookup table when the
-   local ids are small) and written in pieces cut at the output's chunk boundaries, by a few
-   threads: within a substack no two pieces share an output chunk, and substacks are written
-   one after the other, so no chunk ever has two writers at once.
+   Renumbering the local ids in their order (as the label files do) changes none of this.
+4. **Write.** Every output chunk is written once, by a few threads in parallel: its voxels
+   come from the cores that hold them, each mapped local -> global through a lookup table.
 
-Reads: pass 1 reads every core once, pass 2 reads every shared region R once per neighbour
-pair (the seam band is cut from it), pass 4 reads every core once more; cores are read and
-written one output chunk (`SLAB_VOXELS`) at a time. Memory is one chunk-sized piece, or one R
-per thread (held in the smallest unsigned type that holds the substack's labels), plus the
-node table; never the image.
+Reads: every shared region R once from each side (the copy the label file keeps; the seam
+band is cut from it), then every core once, one output chunk at a time (the files' chunks lie
+on the image's grid, so a chunk of output reads whole chunks of labels). Memory is one
+chunk-sized piece, or one R, per thread, plus the node table; never the image.
 
 Cost, without changing the result: seam candidates compare each offset only where the two
-shifted cores meet, on dense ids, and mark pairs in a table instead of sorting them; the
-overlap counts in R map labels to dense candidate ids, collapse runs of equal label pairs
-along rows, and count with np.bincount instead of sorting; glibc's malloc is kept from
-hoarding freed slabs (`bound_malloc`).
+shifted cores meet, thinnest axis first, and mark pairs in a table instead of sorting them;
+the overlap counts in R collapse runs of equal label pairs along rows and count them into
+the candidates' slots with np.bincount; glibc's malloc is kept from hoarding freed slabs
+(`bound_malloc`).
 """
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import ctypes.util
+import itertools
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -56,7 +57,7 @@ from scipy.sparse.csgraph import connected_components
 from aiod import seams, substack_labels
 from aiod.errors import AiodError
 from aiod.planner import Plan
-from aiod.substack_labels import in_box, max_label, open_all, pieces, runs
+from aiod.substack_labels import SubstackLabels, intersect, open_all, pieces, rel, runs, shape_of
 
 UINT32_MAX_OBJECTS = int(np.iinfo(np.uint32).max)  # more objects than this -> uint64 ids
 MALLOC_THRESHOLD = 1 << 25  # malloc's fixed mmap and trim thresholds (see bound_malloc)
@@ -79,46 +80,48 @@ def label_dtype(n_objects: int) -> np.dtype:
     return np.dtype(np.uint32 if n_objects <= UINT32_MAX_OBJECTS else np.uint64)
 
 
-def _core_labels(sub, arr) -> np.ndarray:
-    """Sorted nonzero labels in the substack's core, read a piece at a time."""
-    top = max_label(arr)
-    seen = np.zeros(top + 1, dtype=bool) if top is not None and top < substack_labels.DENSE_LABELS else None
-    found = [np.zeros(0, dtype=np.int64)]
-    origin = tuple(a for a, _ in sub.box)
-    for piece in pieces(sub.core, getattr(arr, "chunks", None), origin, substack_labels.SLAB_VOXELS):
-        lab = np.asarray(arr[in_box(sub, piece)])
-        vals = runs(lab)
-        if seen is not None and vals.size and int(vals.max()) < len(seen) and int(vals.min()) >= 0:
-            seen[vals] = True
-        else:
-            found.append(np.unique(vals).astype(np.int64))
-    if seen is not None:
-        found.append(np.flatnonzero(seen))
-    labs = np.unique(np.concatenate(found))
-    return labs[labs != 0]
+def _nodes(sub, lab: SubstackLabels) -> np.ndarray:
+    """Sorted labels owning core voxels: 1..m when the file says so, else found by reading the
+    core a piece at a time."""
+    if lab.core_labels is not None:
+        return np.arange(1, lab.core_labels + 1, dtype=np.int64)
+    seen = np.zeros(lab.max_label + 1, dtype=bool)
+    for piece in pieces(sub.core, lab.array.chunks, lab.origin, substack_labels.SLAB_VOXELS):
+        seen[runs(lab.read(tuple((p.start, p.stop) for p in piece)))] = True
+    seen[0] = False
+    return np.flatnonzero(seen)
 
 
-def _write_core(sub, arr, node_labels, ids, out, pool) -> None:
-    """Map one substack's core local -> global and write it in pieces, in parallel; pieces
-    are cut at the output's chunk boundaries, so no two write the same chunk."""
-    top = int(node_labels[-1]) if len(node_labels) else 0
-    lut = None
-    if top < substack_labels.DENSE_LABELS:
-        lut = np.zeros(top + 1, dtype=ids.dtype)
-        lut[node_labels] = ids
+def _owners(plan: Plan):
+    """(region -> indices of the substacks whose cores meet it): the cores form a grid."""
+    starts = [sorted({s.core[k][0] for s in plan.substacks}) for k in range(len(plan.grid))]
+
+    def owners(region) -> list[int]:
+        spans = [range(bisect.bisect_right(st, a) - 1, bisect.bisect_left(st, b)) for st, (a, b) in zip(starts, region)]
+        return [int(np.ravel_multi_index(pos, plan.grid)) for pos in itertools.product(*spans)]
+
+    return owners
+
+
+def _write(plan: Plan, labels: list[SubstackLabels], luts: list[np.ndarray], out, dtype, pool) -> None:
+    """Write every output chunk once, in parallel: its voxels from the cores that hold them,
+    mapped local -> global."""
+    owners = _owners(plan)
 
     def one(piece):
-        lab = np.asarray(arr[in_box(sub, piece)])
-        if lut is not None:
-            mapped = lut[lab]  # every label in the core is a node, so <= top (faster than np.take)
-        else:
-            mapped = np.zeros(lab.shape, dtype=ids.dtype)
-            fg = lab != 0
-            mapped[fg] = ids[np.searchsorted(node_labels, lab[fg])]
-        out[piece] = mapped
+        region = tuple((p.start, p.stop) for p in piece)
+        parts = [(k, intersect(plan.substacks[k].core, region)) for k in owners(region)]
+        if len(parts) == 1:  # np.take: faster than luts[k][...] on small integer labels
+            out[piece] = np.take(luts[parts[0][0]], labels[parts[0][0]].read(region))
+            return
+        block = np.empty(shape_of(region), dtype=dtype)
+        for k, part in parts:
+            block[rel(part, region)] = np.take(luts[k], labels[k].read(part))
+        out[piece] = block
 
+    whole = tuple((0, n) for n in plan.spatial_shape)
     chunks = getattr(out, "chunks", None)
-    list(pool.map(one, pieces(sub.core, chunks, (0,) * len(sub.core), substack_labels.SLAB_VOXELS)))
+    list(pool.map(one, pieces(whole, chunks, (0,) * len(whole), substack_labels.SLAB_VOXELS)))
 
 
 def bound_malloc() -> None:
@@ -129,7 +132,7 @@ def bound_malloc() -> None:
     fixed mmap and trim thresholds of MALLOC_THRESHOLD (above one slab, so slabs are reused
     rather than faulted in afresh each time; a lower trim threshold doubles the merge's wall
     time), keeps it near what is live. Process-wide and lasting, so merge_substacks does not
-    call it: the pipeline's merge step (steps.merge_result), a process of its own, does. A
+    call it: the pipeline's merge step (steps.merge.merge_result), a process of its own, does. A
     no-op without glibc."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -155,19 +158,19 @@ def merge_substacks(
     holds the substack's labels), at a time."""
     if not 0.0 <= link_threshold <= 1.0:
         raise AiodError(f"merge: link_threshold {link_threshold} must be between 0 and 1")
-    arrays = open_all(plan, [Path(p) for p in substack_paths])
+    labels = open_all(plan, [Path(p) for p in substack_paths])
     subs = plan.substacks
     workers = workers or min(2, os.cpu_count() or 1)
     # zarr decodes and encodes one chunk at a time per call; the workers are the parallelism
     with zarr.config.set({"async.concurrency": 1}), ThreadPoolExecutor(workers) as pool:
         # 1. nodes: local labels owning core voxels, in (substack, label) order
-        nodes = list(pool.map(_core_labels, subs, arrays))
+        nodes = list(pool.map(_nodes, subs, labels))
         offsets = np.concatenate([[0], np.cumsum([len(n) for n in nodes])]).astype(np.int64)
         n_nodes = int(offsets[-1])
 
         # 2. links across every seam between touching cores
         pairs = [(s, t) for s in range(len(subs)) for t in plan.neighbours(s) if t > s]
-        found = pool.map(lambda st: seams.candidates_and_links(plan, arrays, *st, link_threshold), pairs)
+        found = pool.map(lambda st: seams.candidates_and_links(plan, labels, *st, link_threshold), pairs)
         edges, n_cand = [], 0
         for (s, t), (cand, linked) in zip(pairs, found):
             n_cand += len(cand)
@@ -189,12 +192,14 @@ def merge_substacks(
         rank[np.argsort(first, kind="stable")] = np.arange(n_objects)
         dtype = label_dtype(n_objects)
         global_id = (rank[comp] + 1).astype(dtype)
+        luts = []  # local label -> global id, per substack (0 for labels seen only in the halo)
+        for k, lab in enumerate(labels):
+            lut = np.zeros((int(nodes[k][-1]) if len(nodes[k]) else 0) + 1, dtype=dtype)
+            lut[nodes[k]] = global_id[offsets[k] : offsets[k + 1]]
+            luts.append(lut)
 
-        # 4. write every core, one substack at a time (chunks on a core's rim are shared with
-        # the next substack, so substacks never write at the same time)
-        out = create_output(dtype)
-        for k, (sub, arr) in enumerate(zip(subs, arrays)):
-            _write_core(sub, arr, nodes[k], global_id[offsets[k] : offsets[k + 1]], out, pool)
+        # 4. write every output chunk once
+        _write(plan, labels, luts, create_output(dtype), dtype, pool)
     return MergeStats(
         n_objects=int(n_objects),
         dtype=dtype.name,
