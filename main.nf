@@ -5,25 +5,40 @@
  * what made it. See README.md and docs/.
  */
 
-include { RESOLVE_MODEL } from './modules/local/resolve_model'
+include { RESOLVE_MODEL   } from './modules/local/resolve_model'
+include { FETCH_ARTIFACTS } from './modules/local/fetch_artifacts'
 include { CHECK_INPUT   } from './modules/local/check_input'
 include { PLAN          } from './modules/local/plan'
 include { SEGMENT       } from './modules/local/segment'
 include { MERGE         } from './modules/local/merge'
 include { FINALIZE      } from './modules/local/finalize'
 
-// A digest of the Python package that every task runs. Nextflow hashes the bin/ scripts a
-// task names, not the modules they import, so each process takes this as an input: editing
-// any source file under src/aiod/ reruns the tasks on -resume instead of reusing stale work.
-def pythonSourcesDigest(File dir) {
+// A digest of some files (names relative to `base`, and contents). Nextflow hashes the bin/
+// scripts a task names, not the Python modules they import, so each process takes the digest
+// of the sources its step runs (src/aiod/step_sources.json, kept current by a test): editing
+// one of them reruns exactly those tasks on -resume. RESOLVE_MODEL also takes the registry's.
+def filesDigest(File base, List<File> files) {
     def digest = java.security.MessageDigest.getInstance('SHA-256')
-    def sources = []
-    dir.eachFileRecurse(groovy.io.FileType.FILES) { f -> if (f.name.endsWith('.py')) sources << f }
-    sources.sort { f -> f.path }.each { f ->
-        digest.update(dir.toPath().relativize(f.toPath()).toString().bytes)
+    files.sort { f -> f.path }.each { f ->
+        digest.update(base.toPath().relativize(f.toPath()).toString().bytes)
         digest.update(f.bytes)
     }
     return digest.digest().encodeHex().toString().take(16)
+}
+
+// process name -> digest of the Python files that its step runs
+def stepDigests(File pkg) {
+    def steps = new groovy.json.JsonSlurper().parse(new File(pkg, 'step_sources.json'))
+    return steps.collectEntries { step, names -> [(step): filesDigest(pkg, names.collect { n -> new File(pkg, n) })] }
+}
+
+// every manifest of the built-in registry and of --registry_dir
+def manifestFiles(List<File> dirs) {
+    def found = []
+    dirs.findAll { dir -> dir.isDirectory() }.each { dir ->
+        dir.eachFileRecurse(groovy.io.FileType.FILES) { f -> if (f.name.endsWith('.yaml') || f.name.endsWith('.yml')) { found << f } }
+    }
+    return found
 }
 
 // `--help`: every parameter with its default and meaning, read from nextflow_schema.json.
@@ -52,7 +67,9 @@ workflow {
     if (!params.input) {
         error("AIOD ERROR: --input is required: a CSV samplesheet with columns id,image[,axes,channel,ground_truth] (see docs/usage.md)")
     }
-    code = pythonSourcesDigest(file("${projectDir}/src/aiod").toFile())
+    code = stepDigests(file("${projectDir}/src/aiod").toFile())
+    registry_dirs = [file("${projectDir}/model_registry").toFile()] + (params.registry_dir ? [file(params.registry_dir).toFile()] : [])
+    registry = filesDigest(new File('/'), manifestFiles(registry_dirs))
     samplesheet = file(params.input)
     if (!samplesheet.exists()) {
         error("AIOD ERROR: --input ${params.input}: file not found")
@@ -62,19 +79,27 @@ workflow {
         error("AIOD ERROR: --model_params ${params.model_params}: file not found")
     }
 
-    // [model, version, overrides file or []]: ['classical', 'nuclei', []]
-    ch_model_request = channel.of([params.model, params.model_version, overrides])
-    RESOLVE_MODEL(ch_model_request, code)
+    // [model, version, task, overrides file or [], its path]: ['classical', 'nuclei', '', [], ''] ('' = the manifest's default)
+    ch_model_request = channel.of([params.model, params.model_version ?: '', params.task ?: '', overrides, overrides ? overrides.toString() : ''])
+    RESOLVE_MODEL(ch_model_request, registry, code.RESOLVE_MODEL)
+
+    // model.json, its artifact fetched into the cache first when the version has one
+    ch_resolved = RESOLVE_MODEL.out.model.branch { spec, n_locations ->
+        fetch: (n_locations as int) > 0
+        ready: true
+    }
+    FETCH_ARTIFACTS(ch_resolved.fetch.map { spec, n_locations -> spec }, code.FETCH_ARTIFACTS)
+    ch_model = FETCH_ARTIFACTS.out.model.mix(ch_resolved.ready.map { spec, n_locations -> spec })
 
     // [samplesheet, its absolute path]: [images.csv, '/data/images.csv']
-    CHECK_INPUT(channel.of([samplesheet, samplesheet.toAbsolutePath().toString()]), code)
+    CHECK_INPUT(channel.of([samplesheet, samplesheet.toAbsolutePath().toString()]), code.CHECK_INPUT)
 
     // [meta, image]: [[id: 'field1', axes: 'YX', channel: ''], /data/field1.tif]
     ch_images = CHECK_INPUT.out.samples
         .splitCsv(header: true)
         .map { row -> [[id: row.id, axes: row.axes, channel: row.channel], file(row.image)] }
 
-    PLAN(ch_images, RESOLVE_MODEL.out.model.first(), code)
+    PLAN(ch_images, ch_model.first(), code.PLAN)
 
     // [meta, plan, status, n]: [[id: 'field1', ...], plan.json, 'miss', '4'] split by cache status
     ch_planned = PLAN.out.plan.branch { meta, plan, status, n ->
@@ -88,7 +113,7 @@ workflow {
         .flatMap { meta, plan, status, n, image ->
             (0..<(n as int)).collect { i -> [meta + [substack: i, n_substacks: n as int], image, plan] }
         }
-    SEGMENT(ch_substacks, code)
+    SEGMENT(ch_substacks, code.SEGMENT)
 
     // [meta, plan, [substack labels]]: an image's merge starts as soon as its own substacks are done
     ch_to_merge = SEGMENT.out.labels
@@ -97,11 +122,11 @@ workflow {
         .map { key, labels -> [key.toString(), labels] }
         .join(ch_planned.miss.map { meta, plan, status, n -> [meta.id, meta, plan] })
         .map { id, labels, meta, plan -> [meta, plan, labels] }
-    MERGE(ch_to_merge, code)
+    MERGE(ch_to_merge, code.MERGE)
 
     // [meta, plan, result or []]: merged results go into the cache, hits are published from it
     ch_final = MERGE.out.result.mix(ch_planned.hit.map { meta, plan, status, n -> [meta, plan, []] })
-    FINALIZE(ch_final, code)
+    FINALIZE(ch_final, code.FINALIZE)
 
     FINALIZE.out.record
         .map { meta, record -> new groovy.json.JsonSlurper().parse(record.toFile()) }
@@ -115,7 +140,8 @@ workflow {
     }
     workflow.onError = {
         def reasons = (workflow.errorReport ?: '').readLines().findAll { line -> line.contains('AIOD ERROR:') }*.trim().unique()
-        log.error(reasons ? reasons.join('\n') : "AIoD stopped: ${workflow.errorMessage}")
+        def why = workflow.errorMessage ?: (workflow.errorReport ?: '').readLines().find { line -> line.trim() } ?: 'see .nextflow.log'
+        log.error(reasons ? reasons.join('\n') : "AIoD stopped: ${why}")
     }
 }
 
@@ -123,7 +149,7 @@ workflow {
 def summaryText(List records, String outdir) {
     def lines = ['', 'AIoD summary', String.format('  %-20s %-9s %10s  %s', 'image', 'source', 'objects', 'result')]
     records.each { r ->
-        lines << String.format('  %-20s %-9s %10d  %s', r.id, r.cache_hit ? 'cache' : 'computed', r.n_objects, "${outdir}/${r.id}.ome.zarr")
+        lines << String.format('  %-20s %-9s %10s  %s', r.id, r.cache_hit ? 'cache' : 'computed', r.n_objects == null ? '-' : r.n_objects, "${outdir}/${r.id}.ome.zarr")
     }
     def computed = records.count { r -> !r.cache_hit }
     lines << "  ${records.size()} image(s): ${computed} computed, ${records.size() - computed} from the cache"

@@ -17,14 +17,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from aiod import synthetic  # noqa: E402
-from aiod.models import classical, resolve  # noqa: E402
+from aiod.models import classical, params_namespace, resolve  # noqa: E402
 
 CASES = [((1024, 1024), 900, (7.0, 12.0)), ((2048, 2048), 3600, (7.0, 12.0)),
          ((64, 256, 256), 900, (6.0, 10.0)), ((96, 384, 384), 3000, (6.0, 10.0))]
 
 
 def main() -> None:
-    params = classical.Params(**resolve("classical", "nuclei", {})["params"])
+    params = params_namespace(resolve("classical", "nuclei", None, {}))
     worst = 0.0
     print(f"{'shape':>16} {'voxels':>11} {'peak MB':>9} {'bytes/voxel':>12} {'seconds':>8}")
     for shape, n, radius in CASES:
@@ -32,7 +32,7 @@ def main() -> None:
         prepared = {"threshold": 1200.0, "high": 3200.0}
         tracemalloc.start()
         started = time.time()
-        classical.segment(image, params, prepared)
+        classical.segment(None, image, params, prepared)
         seconds = time.time() - started
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()

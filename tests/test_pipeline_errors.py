@@ -53,7 +53,15 @@ def test_misspelled_samplesheet_column_is_named(folder):
 
 def test_unknown_model_lists_the_available_ones(folder):
     out = run_bad(folder, "id,image\na,good.tif\n", "--model", "celpose")
-    assert "unknown model 'celpose'" in last_error(out) and "available models: classical" in last_error(out)
+    assert "unknown model 'celpose' (did you mean 'cellpose'?); models: " in last_error(out) and "classical" in last_error(out)
+
+
+def test_unknown_task_and_out_of_range_parameter_are_refused_before_any_image(folder):
+    out = run_bad(folder, "id,image\na,good.tif\n", "--model_version", "cells", "--task", "nuclei")
+    assert "unknown task 'nuclei' of classical/cells; tasks: cyto" in last_error(out)
+    (folder / "p.yaml").write_text("sigma: 50\n")
+    out = run_bad(folder, "id,image\na,good.tif\n", "--model_params", str(folder / "p.yaml"))
+    assert f"{folder / 'p.yaml'}: parameter 'sigma' of classical/nuclei: 50 is above the maximum 20" in last_error(out)
 
 
 def test_4d_image_without_axes_asks_for_them(folder):

@@ -75,28 +75,55 @@ def project_copy(tmp_path):
     """The pipeline's files in a folder of the test's own, sharing the project's environment."""
     copy = tmp_path / "project"
     copy.mkdir()
-    for name in ["main.nf", "nextflow.config", "nextflow_schema.json", "conf", "modules", "bin", "src"]:
+    for name in ["main.nf", "nextflow.config", "nextflow_schema.json", "conf", "modules", "bin", "src", "model_registry"]:
         source = ROOT / name
         (shutil.copytree if source.is_dir() else shutil.copy2)(source, copy / name)
     (copy / ".venv").symlink_to(ROOT / ".venv")
     return copy
 
 
-def test_editing_python_source_reruns_tasks_on_resume(tmp_path, sheet, project_copy):
+def statuses(rows) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for r in rows:
+        out.setdefault(r["process"].split(":")[-1], set()).add(r["status"])
+    return out
+
+
+def edit(path):
+    path.write_text(path.read_text() + "\n# an edit\n")
+
+
+def test_editing_a_python_source_reruns_exactly_the_tasks_that_run_it(tmp_path, sheet, project_copy):
     common = ["--input", str(sheet), "--outdir", "results", "--root_dir", str(tmp_path / "root"), "--num_substacks", "2"]
     run_pipeline(tmp_path, *common, "--trace_report_suffix", "a", project=project_copy)
     run_pipeline(tmp_path, *common, "--trace_report_suffix", "b", project=project_copy, resume=True)
     assert {r["status"] for r in trace_rows(tmp_path / "results", "b")} == {"CACHED"}
+    shutil.rmtree(tmp_path / "root" / "aiod_cache")  # so that a rerun PLAN has to segment again
 
-    source = project_copy / "src" / "aiod" / "models" / "classical.py"
-    source.write_text(source.read_text() + "\n# an edit\n")
-    # without the result cache, so that the rerun PLAN has to segment again
-    shutil.rmtree(tmp_path / "root" / "aiod_cache")
+    edit(project_copy / "src" / "aiod" / "seams.py")  # only the merge step runs it
     run_pipeline(tmp_path, *common, "--trace_report_suffix", "c", project=project_copy, resume=True)
-    rows = trace_rows(tmp_path / "results", "c")
-    assert {r["status"] for r in processes(rows, "PLAN")} == {"COMPLETED"}
-    assert {r["status"] for r in processes(rows, "SEGMENT")} == {"COMPLETED"}
+    assert statuses(trace_rows(tmp_path / "results", "c")) == {
+        "RESOLVE_MODEL": {"CACHED"}, "CHECK_INPUT": {"CACHED"}, "PLAN": {"CACHED"}, "SEGMENT": {"CACHED"},
+        "MERGE": {"COMPLETED"}, "FINALIZE": {"COMPLETED"}}
+
+    shutil.rmtree(tmp_path / "root" / "aiod_cache")
+    edit(project_copy / "src" / "aiod" / "models" / "classical.py")  # planning and segmenting run it
+    run_pipeline(tmp_path, *common, "--trace_report_suffix", "d", project=project_copy, resume=True)
+    rows = trace_rows(tmp_path / "results", "d")
+    assert statuses(rows) == {
+        "RESOLVE_MODEL": {"CACHED"}, "CHECK_INPUT": {"CACHED"}, "PLAN": {"COMPLETED"}, "SEGMENT": {"COMPLETED"},
+        "MERGE": {"COMPLETED"}, "FINALIZE": {"COMPLETED"}}
     assert len(processes(rows, "SEGMENT")) == 4
+
+
+def test_changing_resources_and_queue_reruns_nothing(tmp_path, sheet):
+    common = ["--input", str(sheet), "--outdir", "results", "--root_dir", str(tmp_path / "root"), "--num_substacks", "2"]
+    run_pipeline(tmp_path, *common, "--trace_report_suffix", "a")
+    (tmp_path / "site.config").write_text(
+        "process {\n  queue = 'other'\n  withLabel: 'gpu' { cpus = 2; memory = 1536.MB; time = 3.h }\n"
+        "  withLabel: 'cpu_small' { cpus = 2; memory = 1.5.GB; time = 2.h }\n}\n")
+    run_pipeline(tmp_path, "-c", str(tmp_path / "site.config"), *common, "--trace_report_suffix", "b", resume=True)
+    assert {r["status"] for r in trace_rows(tmp_path / "results", "b")} == {"CACHED"}
 
 
 def test_editing_python_source_keeps_cached_results(tmp_path, sheet, project_copy):
@@ -104,8 +131,7 @@ def test_editing_python_source_keeps_cached_results(tmp_path, sheet, project_cop
     changes results bumps RESULT_FORMAT_VERSION (src/aiod/__init__.py)."""
     common = ["--input", str(sheet), "--outdir", "results", "--root_dir", str(tmp_path / "root"), "--num_substacks", "2"]
     run_pipeline(tmp_path, *common, "--trace_report_suffix", "a", project=project_copy)
-    source = project_copy / "src" / "aiod" / "models" / "classical.py"
-    source.write_text(source.read_text() + "\n# an edit\n")
+    edit(project_copy / "src" / "aiod" / "models" / "classical.py")
     run_pipeline(tmp_path, *common, "--trace_report_suffix", "b", project=project_copy, resume=True)
     rows = trace_rows(tmp_path / "results", "b")
     assert {r["status"] for r in processes(rows, "PLAN")} == {"COMPLETED"}

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from aiod import cli, metrics, ngff, steps, synthetic
+from aiod import cli, metrics, ngff, synthetic
+from aiod.steps import finalize as finalize_step, merge as merge_step, plan as plan_step, segment as segment_step
 from aiod.models import classical
 from aiod.errors import EXIT_CODE, PlanError
 
@@ -31,7 +32,7 @@ def plan(tmp_path, image_path, model_json, name="plan.json", **kw):
     args = dict(image_path=image_path, sample_id="img", axes=None, channel=None, model_json=model_json,
                 num_substacks="2", overlap="24", substack_memory="2 GB", root_dir=tmp_path / "root",
                 fingerprint_mode="sample", out=tmp_path / name)
-    return steps.plan(**{**args, **kw})
+    return plan_step.plan(**{**args, **kw})
 
 
 def test_steps_from_plan_to_cache_and_back(tmp_path, image, model_json, monkeypatch):
@@ -41,13 +42,13 @@ def test_steps_from_plan_to_cache_and_back(tmp_path, image, model_json, monkeypa
     assert job["plan"]["grid"] == [2, 2] and min(job["plan"]["overlap"]) >= 24
     subs = []
     for i in range(4):
-        steps.segment(job_json=tmp_path / "plan.json", image_path=image_path, index=i, out=tmp_path / f"s{i}.zarr")
+        segment_step.segment(job_json=tmp_path / "plan.json", image_path=image_path, index=i, out=tmp_path / f"s{i}.zarr")
         subs.append(tmp_path / f"s{i}.zarr")
-    manifest = steps.merge_result(job_json=tmp_path / "plan.json", substacks=subs, out=tmp_path / "result")
+    manifest = merge_step.merge_result(job_json=tmp_path / "plan.json", substacks=subs, out=tmp_path / "result")
     assert manifest["n_objects"] == len(np.unique(gt)) - 1
     (tmp_path / "publish").mkdir()
     monkeypatch.chdir(tmp_path / "publish")
-    record = steps.finalize(job_json=tmp_path / "plan.json", result=tmp_path / "result", sample_id="img",
+    record = finalize_step.finalize(job_json=tmp_path / "plan.json", result=tmp_path / "result", sample_id="img",
                             root_dir=tmp_path / "root", tiff=True)
     assert record["cache_hit"] is False
     mask = np.asarray(ngff.open_labels(tmp_path / "publish" / "img.ome.zarr")[...])
@@ -56,7 +57,7 @@ def test_steps_from_plan_to_cache_and_back(tmp_path, image, model_json, monkeypa
 
     again = plan(tmp_path, image_path, model_json, name="again.json")
     assert (tmp_path / "again.status").read_text() == "hit 4\n" and again["key"] == job["key"]
-    hit = steps.finalize(job_json=tmp_path / "again.json", result=None, sample_id="img", root_dir=tmp_path / "root", tiff=False)
+    hit = finalize_step.finalize(job_json=tmp_path / "again.json", result=None, sample_id="img", root_dir=tmp_path / "root", tiff=False)
     assert hit["cache_hit"] is True and hit["cache_entry"] == record["cache_entry"]
 
 
@@ -101,19 +102,19 @@ def test_small_overlap_is_raised_to_the_models_minimum(tmp_path, image, model_js
 @pytest.mark.parametrize("text, expected", [("2 GB", 2 * 1024**3), ("512MB", 512 * 1024**2), ("1.5 GiB", int(1.5 * 1024**3)),
                                             ("4.GB", 4 * 1024**3), ("100", 100)])
 def test_memory_sizes_are_read_as_nextflow_writes_them(text, expected):
-    assert steps.parse_memory(text) == expected
+    assert plan_step.parse_memory(text) == expected
 
 
 def test_unreadable_memory_size_is_refused():
     with pytest.raises(PlanError, match="substack_memory: 'lots' is not a memory size"):
-        steps.parse_memory("lots")
+        plan_step.parse_memory("lots")
 
 
 def test_finalize_of_a_vanished_cache_entry_says_what_to_do(tmp_path, image, model_json):
     image_path, _ = image
     plan(tmp_path, image_path, model_json)
     with pytest.raises(Exception, match="is gone since this run was planned; run again without -resume"):
-        steps.finalize(job_json=tmp_path / "plan.json", result=None, sample_id="img", root_dir=tmp_path / "root", tiff=False)
+        finalize_step.finalize(job_json=tmp_path / "plan.json", result=None, sample_id="img", root_dir=tmp_path / "root", tiff=False)
 
 
 def test_cli_errors_are_one_line_and_exit_65_and_write_nothing(tmp_path, capsys):

@@ -20,11 +20,62 @@ def _resolve_model(a):
         try:
             overrides = yaml.safe_load(Path(a.params).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
-            raise ModelError(f"{a.params}: cannot read model parameters ({exc.__class__.__name__}: {exc})".replace("\n", " ")) from None
+            raise ModelError(f"{a.params_source or a.params}: cannot read model parameters ({exc.__class__.__name__}: {exc})".replace("\n", " ")) from None
         if not isinstance(overrides, dict):
-            raise ModelError(f"{a.params}: expected a mapping of parameter names to values, e.g. 'min_size: 50'")
-    spec = resolve(a.model, a.version, overrides, source=a.params or "model_params")
+            raise ModelError(f"{a.params_source or a.params}: expected a mapping of parameter names to values, e.g. 'min_size: 50'")
+    spec = resolve(a.model, a.version or None, a.task or None, overrides, a.registry_dir, source=a.params_source or a.params or "model_params")
     Path(a.out).write_text(json.dumps(spec, indent=2))
+    Path(a.out).with_suffix(".status").write_text(f"{len(spec['locations'])}\n")
+    print(f"{spec['family']}/{spec['version']}/{spec['task']}: {len(spec['locations'])} artifact location(s)")
+
+
+def _fetch(a):
+    from .artifacts import fetch
+    spec = json.loads(Path(a.model).read_text())
+    spec["artifact"] = fetch(spec, Path(a.root_dir), attempts=a.attempts, backoff=a.backoff) if spec["locations"] else None
+    Path(a.out).write_text(json.dumps(spec, indent=2))
+    if spec["artifact"]:
+        print(f"{spec['family']}/{spec['version']}: {spec['artifact']['path']} (sha256 {spec['artifact']['sha256']})")
+
+
+def _sources(a):
+    from . import sources
+    if a.write:
+        sources.MAP_FILE.write_text(sources.map_text())
+        print(f"wrote {sources.MAP_FILE}")
+    else:
+        print(sources.map_text(), end="")
+
+
+def _models(a):
+    from . import catalogue, registry
+    if a.action == "validate":
+        problems = registry.validate(a.names or [registry.BUILTIN_DIR, *a.registry_dir])
+        for line in problems:
+            print(f"AIOD ERROR: {line}", file=sys.stderr)
+        if problems:
+            return EXIT_CODE
+        print("manifests are valid")
+    elif a.action in ("schema", "docs"):
+        text, target = ((registry.json_schema(), registry.BUILTIN_DIR / "manifest.schema.json") if a.action == "schema"
+                        else (catalogue.reference(registry.load_registry()), registry.BUILTIN_DIR.parent / "docs" / "models.md"))
+        if a.write:
+            target.write_text(text)
+            print(f"wrote {target}")
+        else:
+            print(text, end="")
+    else:
+        families = registry.load_registry(a.registry_dir)
+        if a.action == "list":
+            print(catalogue.listing(families, a.all))
+        else:
+            for name in a.names or families:
+                family, _, version = name.partition("/")
+                manifest = families.get(family)
+                if manifest is None or (version and version not in manifest.versions):
+                    from .models import resolve
+                    resolve(family, version or None, None, {}, a.registry_dir)  # raises the specific error
+                print(catalogue.show(manifest, version or None))
 
 
 def _check_input(a):
@@ -40,25 +91,25 @@ def _check_input(a):
 
 
 def _plan(a):
-    from . import steps
-    steps.plan(image_path=Path(a.image), sample_id=a.id, axes=a.axes, channel=a.channel, model_json=Path(a.model),
+    from .steps.plan import plan
+    plan(image_path=Path(a.image), sample_id=a.id, axes=a.axes, channel=a.channel, model_json=Path(a.model),
                num_substacks=a.num_substacks, overlap=a.overlap, substack_memory=a.substack_memory,
                root_dir=Path(a.root_dir), fingerprint_mode=a.fingerprint, out=Path(a.out))
 
 
 def _segment(a):
-    from . import steps
-    steps.segment(job_json=Path(a.plan), image_path=Path(a.image), index=a.index, out=Path(a.out))
+    from .steps.segment import segment
+    segment(job_json=Path(a.plan), image_path=Path(a.image), index=a.index, out=Path(a.out))
 
 
 def _merge(a):
-    from . import steps
-    steps.merge_result(job_json=Path(a.plan), substacks=[Path(p) for p in a.substacks], out=Path(a.out))
+    from .steps.merge import merge_result
+    merge_result(job_json=Path(a.plan), substacks=[Path(p) for p in a.substacks], out=Path(a.out))
 
 
 def _finalize(a):
-    from . import steps
-    steps.finalize(job_json=Path(a.plan), result=Path(a.result) if a.result else None, sample_id=a.id,
+    from .steps.finalize import finalize
+    finalize(job_json=Path(a.plan), result=Path(a.result) if a.result else None, sample_id=a.id,
                    root_dir=Path(a.root_dir), tiff=a.tiff)
 
 
@@ -76,12 +127,35 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aiod", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("resolve-model", help="check a model request, write its resolved spec")
+    s = sub.add_parser("resolve-model", help="check a model request against the registry, write its resolved spec")
     s.add_argument("--model", required=True)
-    s.add_argument("--version", required=True)
+    s.add_argument("--version", help="default: the family's first version")
+    s.add_argument("--task", help="default: the version's first task")
     s.add_argument("--params", help="YAML/JSON file of parameter overrides")
+    s.add_argument("--params-source", help="the overrides file's original path, named in messages")
+    s.add_argument("--registry-dir", action="append", default=[], help="extra registry directory (repeatable)")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_resolve_model)
+
+    s = sub.add_parser("fetch", help="fetch a resolved model's artifact into the cache (once), write the spec with it")
+    s.add_argument("--model", required=True, help="model.json from resolve-model")
+    s.add_argument("--root-dir", required=True)
+    s.add_argument("--attempts", type=int, default=5, help="tries per URL (network errors, HTTP 408/429/5xx)")
+    s.add_argument("--backoff", type=float, default=2.0, help="seconds before the first retry, doubled each time")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_fetch)
+
+    s = sub.add_parser("sources", help="which Python files each pipeline step runs (src/aiod/step_sources.json)")
+    s.add_argument("--write", action="store_true", help="write the committed map instead of printing it")
+    s.set_defaults(func=_sources)
+
+    s = sub.add_parser("models", help="list, show or validate the registry's models (docs/models.md)")
+    s.add_argument("action", choices=("list", "show", "validate", "schema", "docs"))
+    s.add_argument("names", nargs="*", help="show: family or family/version; validate: manifest files or registry directories")
+    s.add_argument("--registry-dir", action="append", default=[], help="extra registry directory (repeatable)")
+    s.add_argument("--all", action="store_true", help="list: also versions you cannot run (unreadable locations)")
+    s.add_argument("--write", action="store_true", help="schema/docs: write the committed file instead of printing")
+    s.set_defaults(func=_models)
 
     s = sub.add_parser("check-input", help="validate a samplesheet and every image it names")
     s.add_argument("--samplesheet", required=True)
@@ -140,8 +214,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        args.func(args)
+        return args.func(args) or 0
     except AiodError as exc:
         print(f"AIOD ERROR: {exc}", file=sys.stderr, flush=True)
         return EXIT_CODE
-    return 0

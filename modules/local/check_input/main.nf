@@ -4,7 +4,7 @@ process CHECK_INPUT {
 
     input:
     tuple path(samplesheet), val(source)    // source: the samplesheet's own absolute path, for messages and relative paths
-    val code                                // digest of the Python sources: a change reruns the task
+    val code                                // digest of the Python files this step runs: a change reruns the task
 
     output:
     path 'samples.csv', emit: samples

@@ -4,7 +4,7 @@ process FINALIZE {
 
     input:
     tuple val(meta), path(plan), path(result)  // result: MERGE's output, or [] when the cache already has it
-    val code                                   // digest of the Python sources: a change reruns the task
+    val code                                   // digest of the Python files this step runs: a change reruns the task
 
     output:
     tuple val(meta), path("${meta.id}.ome.zarr"), emit: labels

@@ -4,7 +4,7 @@ process MERGE {
 
     input:
     tuple val(meta), path(plan), path(substacks, stageAs: 'substacks/*')
-    val code          // digest of the Python sources: a change reruns the task
+    val code          // digest of the Python files this step runs: a change reruns the task
 
     output:
     tuple val(meta), path(plan), path('result'), emit: result

@@ -5,7 +5,7 @@ process PLAN {
     input:
     tuple val(meta), path(image)
     path model
-    val code          // digest of the Python sources: a change reruns the task
+    val code          // digest of the Python files this step runs: a change reruns the task
 
     output:
     tuple val(meta), path('plan.json'), env(CACHE_STATUS), env(N_SUBSTACKS), emit: plan

@@ -4,7 +4,7 @@ process SEGMENT {
 
     input:
     tuple val(meta), path(image), path(plan)
-    val code          // digest of the Python sources: a change reruns the task
+    val code          // digest of the Python files this step runs: a change reruns the task
 
     output:
     tuple val(meta), path("substack_${meta.substack}.zarr"), emit: labels

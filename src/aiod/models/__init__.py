@@ -1,62 +1,95 @@
-"""Model families: one small adapter module per family behind the same interface.
+"""Model requests and family adapters.
 
-An adapter module provides:
-    NAME: str                       family name used by --model
-    BYTES_PER_VOXEL: float          measured peak memory per voxel of a substack (for `auto`)
-    Params: pydantic model          the family's parameters (unknown fields are errors)
-    PRESETS: dict[str, dict]        version name -> parameter defaults
-    min_halo(params) -> int         the smallest overlap (voxels) that keeps results local
+A request (model, version, task, parameter overrides) is checked against the registry
+(`aiod.registry`) before any image is touched and becomes a spec: the family, its adapter, the
+version, the task, every parameter typed, the axes the version takes and where its artifact is.
+
+An adapter module `aiod.models.<adapter>` runs one family (the manifest's `adapter`, by default
+the family name). It imports its deep-learning library inside its functions, never at module
+level, and provides:
+    NAME: str
+    BYTES_PER_VOXEL: float          measured peak host memory per voxel of a substack
+    GPU_BYTES_PER_VOXEL: float      the same for GPU memory (0 for CPU-only families)
+    min_halo(artifact, config, params) -> int
+                                    the least overlap (pixels) that keeps results local; reads
+                                    at most small files of the artifact, never loads the model
     prepare(image, channel, params) -> dict
-                                    image-wide values computed once at plan time, out-of-core
-                                    (e.g. a global threshold), identical for every substack
-    segment(array, params, prepared, spacing) -> np.ndarray
-                                    integer instance labels of one substack (0 = background)
+                                    image-wide values computed once at plan time from a bounded
+                                    sample (thresholds, normalisation), identical for every substack
+    load(artifact, config, params) -> model
+                                    the model, from the local verified artifact (None: no artifact)
+    segment(model, array, params, prepared, spacing) -> (labels, scores | None)
+                                    uint32 instance labels of one substack (0 = background) and
+                                    per-object scores where the model has them
+`params` is a namespace with one attribute per manifest parameter; `config` is the chosen
+location's `config` mapping.
 """
 
 from __future__ import annotations
 
-import difflib
-from types import ModuleType
+import importlib
+import types
 from typing import Any
 
-import pydantic
-
 from ..errors import ModelError
-from . import classical
-
-FAMILIES: dict[str, ModuleType] = {classical.NAME: classical}
+from ..registry import Manifest, did_you_mean, load_registry
 
 
-def get_family(name: str) -> ModuleType:
-    if name not in FAMILIES:
-        raise ModelError(f"unknown model '{name}'{_did_you_mean(name, FAMILIES)}; available models: {', '.join(sorted(FAMILIES))}")
-    return FAMILIES[name]
-
-
-def resolve(model: str, version: str, overrides: dict[str, Any], source: str = "model_params") -> dict:
-    """Check a model request and return its spec: family, version and every parameter, typed."""
-    family = get_family(model)
-    if version not in family.PRESETS:
-        raise ModelError(
-            f"unknown version '{version}' of model '{model}'{_did_you_mean(version, family.PRESETS)}; "
-            f"available versions: {', '.join(family.PRESETS)}"
-        )
-    fields = family.Params.model_fields
-    for key in overrides:
-        if key not in fields:
-            raise ModelError(
-                f"{source}: unknown parameter '{key}' for {model}/{version}{_did_you_mean(key, fields)}; "
-                f"parameters: {', '.join(fields)}"
-            )
+def get_adapter(name: str) -> types.ModuleType:
     try:
-        params = family.Params(**{**family.PRESETS[version], **overrides})
-    except pydantic.ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise ModelError(f"{source}: parameter '{where}' of {model}/{version}: {err['msg']} (got {err.get('input')!r})") from None
-    return {"family": model, "version": version, "params": params.model_dump(mode="json")}
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise
+        raise ModelError(f"no adapter '{name}' in aiod.models (a family's manifest names its adapter; see docs/adding-a-model.md)") from None
 
 
-def _did_you_mean(word: str, choices) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+def params_namespace(spec: dict) -> types.SimpleNamespace:
+    return types.SimpleNamespace(**spec["params"])
+
+
+def resolve(model: str, version: str | None, task: str | None, overrides: dict[str, Any],
+            registry_dirs=(), source: str = "model_params") -> dict:
+    """Check a model request against the registry and return its spec."""
+    families = load_registry(registry_dirs)
+    manifest = _pick(families, model, "model", "")
+    version = version or next(iter(manifest.versions))
+    entry = _pick(manifest.versions, version, "version", f" of model '{model}'")
+    task = task or next(iter(entry.tasks))
+    chosen = _pick(entry.tasks, task, "task", f" of {model}/{version}")
+    params = manifest.parameters_of(version)
+    for key, value in overrides.items():
+        if key not in manifest.parameters:
+            raise ModelError(f"{source}: unknown parameter '{key}' for {model}/{version}{did_you_mean(key, manifest.parameters)}; "
+                             f"parameters: {', '.join(manifest.parameters)}")
+        try:
+            params[key] = manifest.parameters[key].check(value)
+        except ValueError as exc:
+            raise ModelError(f"{source}: parameter '{key}' of {model}/{version}: {exc}") from None
+    if chosen.locations and not any(loc.visible() for loc in chosen.locations):
+        raise ModelError(f"{model}/{version}/{task}: none of its artifact locations is readable by you: "
+                         + "; ".join(loc.where for loc in chosen.locations))
+    return {
+        "family": model, "adapter": manifest.adapter or model, "version": version, "task": task,
+        "params": params, "channel_params": [n for n, p in manifest.parameters.items() if p.channel],
+        "axes": entry.axes.model_dump(),
+        "locations": [loc.model_dump(exclude_none=True) for loc in chosen.locations],
+    }
+
+
+def _pick(choices: dict, name: str, kind: str, owner: str):
+    if name not in choices:
+        raise ModelError(f"unknown {kind} '{name}'{owner}{did_you_mean(name, choices)}; {kind}s: {', '.join(choices)}")
+    return choices[name]
+
+
+def visible(families: dict[str, Manifest]) -> dict[str, dict[str, list[str]]]:
+    """family -> version -> the tasks the current user can run (a filepath-only task is
+    visible only to users who can read one of its files)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for name, manifest in families.items():
+        for vname, version in manifest.versions.items():
+            tasks = [t for t, task in version.tasks.items() if not task.locations or any(loc.visible() for loc in task.locations)]
+            if tasks:
+                out.setdefault(name, {})[vname] = tasks
+    return out

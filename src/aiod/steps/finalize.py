@@ -1,0 +1,42 @@
+"""`aiod finalize`: move a merged result into the cache (or find it there) and lay out what is published."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .. import __version__, ngff
+from ..cache import Cache
+from ..errors import AiodError
+from . import log
+
+
+def finalize(*, job_json: Path, result: Path | None, sample_id: str, root_dir: Path, tiff: bool, workdir: Path = Path(".")) -> dict:
+    """Move a merged result into the cache (or find it there) and lay out what is published."""
+    job = json.loads(Path(job_json).read_text())
+    family, version, key = job["model"]["family"], job["model"]["version"], job["key"]
+    cache = Cache(root_dir)
+    cache.ensure()
+    if result is not None:
+        entry = cache.commit(Path(result), family, version, key)
+    else:
+        entry = cache.lookup(family, version, key)
+        if entry is None:
+            raise AiodError(f"{sample_id}: the cached result {job['cache_entry']} is gone since this run was planned; "
+                            "run again without -resume to compute it")
+    manifest = json.loads((entry / "manifest.json").read_text())
+    link = Path(workdir) / f"{sample_id}.ome.zarr"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    os.symlink(entry / "labels.ome.zarr", link)
+    if tiff:
+        ngff.export_tiff(entry / "labels.ome.zarr", manifest["labels"]["name"], Path(workdir) / f"{sample_id}.tif")
+    record = {
+        "id": sample_id, "image": job["image"]["path"], "model": job["model"], "key": key,
+        "cache_hit": result is None, "cache_entry": str(entry), "n_objects": manifest["n_objects"],
+        "labels": manifest["labels"], "aiod_version": __version__,
+    }
+    (Path(workdir) / f"{sample_id}.json").write_text(json.dumps(record, indent=2))
+    log(f"{sample_id}: {manifest['n_objects']} objects, {'from the cache' if result is None else 'stored in the cache'}: {entry}")
+    return record

@@ -1,0 +1,61 @@
+"""`aiod merge`: substack labels -> one OME-Zarr mask and the result's manifest."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .. import RESULT_FORMAT_VERSION, __version__, merge, ngff, planner, substack_labels
+from ..errors import AiodError
+from . import JOB_FORMAT, MERGE_SETTINGS, label_name, log
+
+
+def load_job(path: Path) -> dict:
+    """A job file written by `plan`, or a bare substack plan (aiod-plan/1, docs/merge.md) seen
+    as a job with no image, model or cache key: what `aiod merge` needs outside the pipeline."""
+    data = json.loads(Path(path).read_text())
+    if data.get("format") == JOB_FORMAT:
+        return data
+    if data.get("format") == planner.Plan.from_dict(data).to_dict().get("format"):
+        return {"format": JOB_FORMAT, "id": Path(path).stem, "key": None, "image": {"scale": None},
+                "model": None, "plan": data, "merge": MERGE_SETTINGS, "prepared": None}
+    raise AiodError(f"{path}: neither a job file ({JOB_FORMAT}) nor a substack plan")
+
+
+def merge_result(*, job_json: Path, substacks: list[Path], out: Path) -> dict:
+    """Merge substack labels into `out/labels.ome.zarr` and write `out/manifest.json`."""
+    job = load_job(job_json)
+    the_plan = planner.Plan.from_dict(job["plan"])
+    name = label_name(job)
+    out = Path(out)
+    if out.exists():
+        raise AiodError(f"{out}: already exists; merge writes a new folder")
+    out.mkdir(parents=True)
+    root = out / "labels.ome.zarr"
+    scale = job["image"]["scale"]
+    started = time.time()
+    merge.bound_malloc()  # this process only merges: keep freed slabs from piling up
+    stats = merge.merge_substacks(
+        the_plan, substacks,
+        lambda dtype: ngff.create_labels(root, name, the_plan.spatial_shape, the_plan.spatial_axes, dtype, scale=scale),
+        link_threshold=job["merge"]["link_threshold"],
+    )
+    levels = ngff.finish_labels(root, name)
+    merge_s = time.time() - started
+    timings = {}
+    for path in substacks:
+        index, arr = substack_labels.open_substack_labels(path)
+        timings[str(index)] = {k: arr.attrs.get(k) for k in ("read_seconds", "segment_seconds")}
+    manifest = {
+        "format": "aiod-result/1", "result_format": RESULT_FORMAT_VERSION, "aiod_version": __version__,
+        "key": job["key"], "id": job["id"], "image": job["image"], "model": job["model"],
+        "plan": job["plan"], "merge": job["merge"], "prepared": job["prepared"],
+        "labels": {"path": f"labels.ome.zarr/labels/{name}", "name": name, "dtype": stats.dtype, "levels": levels},
+        "n_objects": stats.n_objects,
+        "timings": {"substacks": timings, "merge_seconds": merge_s},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    log(f"{job['id']}: {stats.n_objects} objects from {len(substacks)} substack(s), {stats.dtype}, merged in {merge_s:.1f} s")
+    return manifest

@@ -1,0 +1,98 @@
+"""`aiod plan`: identify an image, compute its cache key, look it up, plan substacks on a miss."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from .. import RESULT_FORMAT_VERSION, imageio, planner
+from ..cache import Cache, cache_key
+from ..errors import InputError, PlanError
+from ..fingerprint import fingerprint
+from ..models import get_adapter, params_namespace
+from . import JOB_FORMAT, MERGE_SETTINGS, artifact_path, log
+
+
+def parse_memory(text: str) -> int:
+    """'2 GB', '512MB', '1.5 GiB', '4.GB' -> bytes (powers of 1024, as Nextflow counts)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*\.?\s*([KMGT]?)i?B?\s*", str(text), flags=re.IGNORECASE)
+    if not m:
+        raise PlanError(f"substack_memory: '{text}' is not a memory size (expected e.g. '2 GB' or '512 MB')")
+    return int(float(m.group(1)) * 1024 ** "BKMGT".index((m.group(2) or "B").upper()))
+
+
+def plan(*, image_path: Path, sample_id: str, axes: str | None, channel: int | None, model_json: Path,
+         num_substacks: str, overlap: str, substack_memory: str, root_dir: Path, fingerprint_mode: str,
+         out: Path) -> dict:
+    """Identify the image, compute its cache key, look it up, and plan substacks on a miss."""
+    model = json.loads(Path(model_json).read_text())
+    adapter, params = get_adapter(model["adapter"]), params_namespace(model)
+    artifact = model.get("artifact") or {}
+    with imageio.open_image(image_path, axes=axes) as image:
+        _check_model_fits_image(model, image, channel, image_path)
+        ndim = len(image.spatial_shape)
+        requested = planner.parse_num_substacks(num_substacks, ndim)
+        halo = planner.parse_overlap(overlap, ndim)
+        sizing = {"bytes_per_voxel": adapter.BYTES_PER_VOXEL + image.n_channels * image.dtype.itemsize,
+                  "memory_budget": parse_memory(substack_memory)}
+        the_plan = planner.plan_substacks(image.spatial_shape, image.spatial_axes, requested, halo, **sizing)
+        floor = adapter.min_halo(artifact_path(model), artifact.get("config", {}), params)
+        if min(the_plan.overlap) < floor:
+            log(f"overlap raised to {floor} px: the least {model['family']}/{model['version']} needs for seam-free results")
+            wider = tuple(float(max(floor, o)) for o in the_plan.overlap)
+            the_plan = planner.plan_substacks(image.spatial_shape, image.spatial_axes, requested, wider, **sizing)
+        identity = {
+            "fingerprint": fingerprint(image_path, mode=fingerprint_mode),
+            "axes": image.axes, "shape": list(image.shape), "dtype": str(image.dtype), "channel": channel,
+        }
+        key = cache_key({
+            "image": identity, "model": model_identity(model), "plan": the_plan.to_dict(), "merge": MERGE_SETTINGS,
+            "result_format": RESULT_FORMAT_VERSION,
+        })
+        cache = Cache(root_dir)
+        hit = cache.lookup(model["family"], model["version"], key)
+        job = {
+            "format": JOB_FORMAT, "id": sample_id, "key": key,
+            "image": {**identity, "path": str(Path(image_path).resolve()), "declared_axes": axes,
+                      "scale": list(image.scale) if image.scale else None},
+            "model": model, "plan": the_plan.to_dict(), "merge": MERGE_SETTINGS,
+            "cache_entry": str(cache.entry(model["family"], model["version"], key)),
+            "prepared": None,
+        }
+        if hit is None:
+            started = time.time()
+            job["prepared"] = adapter.prepare(image, channel, params)
+            log(f"{sample_id}: image-wide values {job['prepared']} in {time.time() - started:.1f} s")
+    Path(out).write_text(json.dumps(job, indent=2))
+    n = len(the_plan.substacks)
+    Path(out).with_suffix(".status").write_text(f"{'hit' if hit else 'miss'} {n}\n")
+    log(f"{sample_id}: {image.axes} {'x'.join(map(str, image.shape))} -> "
+        + (f"in the cache ({hit})" if hit else f"{n} substack(s), grid {the_plan.grid}, overlap {the_plan.overlap}"))
+    return job
+
+
+def model_identity(model: dict) -> dict:
+    """What of a model spec can change a result: not where its artifact was found, only what it is."""
+    artifact = model.get("artifact") or {}
+    return {"family": model["family"], "adapter": model["adapter"], "version": model["version"], "task": model["task"],
+            "params": model["params"], "artifact_sha256": artifact.get("sha256"), "artifact_config": artifact.get("config")}
+
+
+def _check_model_fits_image(model: dict, image, channel: int | None, image_path) -> None:
+    """Refuse, before any work, an image the model version cannot take (dimensions, channels)."""
+    name = f"{model['family']}/{model['version']}"
+    ndim = len(image.spatial_shape)
+    if ndim not in model["axes"]["ndim"]:
+        raise InputError(f"{image_path}: {name} segments {' or '.join(f'{n}D' for n in model['axes']['ndim'])} images; "
+                         f"this one is {ndim}D ({image.axes})")
+    for pname in model["channel_params"]:
+        value = model["params"][pname]
+        if value is not None and value >= image.n_channels:
+            raise InputError(f"{image_path}: parameter '{pname}' of {name} is channel {value}, but the image has "
+                             f"{image.n_channels} channel(s), numbered from 0")
+    n_in = 1 if channel is not None or "C" not in image.axes else image.n_channels
+    if not model["channel_params"] and n_in not in model["axes"]["channels"]:
+        raise InputError(f"{image_path}: {name} takes {' or '.join(map(str, model['axes']['channels']))} channel(s); "
+                         f"this image has {n_in}: choose one with the samplesheet's 'channel' column")
