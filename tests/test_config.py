@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from pipeline_helpers import ROOT, nextflow
 
-PROFILES = ["local", "test", "demo", "local,demo"]
+# profile -> the executor its tasks get (None: the profile sets none)
+PROFILES = {"local": "local", "test": "local", "demo": None, "local,demo": "local", "gpu": None, "local,gpu": "local",
+            "slurm": "slurm", "slurm,test": "slurm", "example_cluster": "slurm"}
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -16,7 +19,8 @@ def test_config_resolves_cleanly(tmp_path, profile):
     proc = nextflow(["config", str(ROOT), "-profile", profile], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "WARN" not in proc.stdout + proc.stderr
-    assert "executor = 'local'" in proc.stdout or profile == "demo"
+    executors = set(re.findall(r"^\s*executor = '(\w+)'$", proc.stdout, re.M))
+    assert executors == ({PROFILES[profile]} if PROFILES[profile] else set())
 
 
 def test_help_lists_every_parameter_with_its_default(tmp_path):
