@@ -7,7 +7,7 @@ NEXTFLOW ?= $(shell command -v nextflow 2>/dev/null || echo $(CURDIR)/engine/nex
 export NXF_OFFLINE ?= true
 export NXF_DISABLE_CHECK_LATEST := true
 
-.PHONY: demo test env engine clean
+.PHONY: demo test env envs engine clean
 
 demo: engine env
 	$(VENV)/bin/python bin/aiod demo-data demo
@@ -36,6 +36,11 @@ $(VENV)/.stamp: envs/classical.txt
 $(VENV)/.test-stamp: $(VENV)/.stamp envs/test.txt
 	VIRTUAL_ENV=$(VENV) uv pip install -q -r envs/classical.txt -r envs/test.txt
 	touch $@
+
+# Every model family's environment (envs/<family>.txt), built once with uv into
+# $(AIOD_ENVS_DIR) (default ~/.cache/aiod/envs), shared by `-profile venv` and the family tests.
+envs:
+	$(PYTHON) bin/aiod-env build all
 
 clean:
 	rm -rf results demo work .nextflow .nextflow.log*

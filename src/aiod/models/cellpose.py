@@ -1,0 +1,100 @@
+"""Cellpose v3 (cyto3, cyto2, nuclei, or one's own model): flows and cell probability, then masks.
+
+The artifact is one Cellpose 3 model file (the published `cyto3`, `cyto2torch_0`,
+`nucleitorch_0`, or a file written by `cellpose.train`), loaded with
+`CellposeModel(pretrained_model=<path>)`. Never a model name: for a name, or a path that does not
+exist, cellpose 3 downloads its default `cyto3` from cellpose.org; here a missing file is an
+error. The size model (`size_*.npy`, the automatic diameter of the `Cellpose` class) is never
+used: the diameter is a parameter, or the model's own. Library files go to the task folder
+(CELLPOSE_LOCAL_MODELS_PATH, via runtime.keep_libraries_out_of_home), never to ~/.cellpose.
+
+Parameters (manifest): diameter (unset: the model's own), flow_threshold, cellprob_threshold,
+min_size, channel_cyto / channel_nuclei (0-based image channels, when the image has several and
+none was chosen), do_3D, stitch_threshold (3D per slice when do_3D is false), norm_low /
+norm_high (percentiles of the image-wide normalisation). The location's `config` may give
+`diam_mean` (the diameter the model was trained at: 30 for cyto3/cyto2, 17 for nuclei), which
+cellpose only infers for built-in models from their file names.
+
+Normalisation: image-wide percentiles from prepare(), per channel; cellpose's own off.
+No per-object scores (cellpose has none). GPU when the task has one (runtime.torch_device).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import runtime
+
+NAME = "cellpose"
+# Peak host RAM per substack voxel during segment() (load excluded), measured with
+# bench/family_memory.py on a briefly trained model (tests/families/train_cellpose.py), CPU,
+# torch 2.15: see the numbers there. 2D and do_3D substacks.
+BYTES_PER_VOXEL = 1000.0
+# Not measured (no GPU here): an estimate from CPnet's float32 feature maps (32-256 channels,
+# 4 scales, batches of 8 tiles of 224^2, 3 orientations in 3D) and the flows kept on the device.
+GPU_BYTES_PER_VOXEL = 600.0
+DEFAULT_DIAMETER = 30.0  # cellpose's diam_mean for cyto models
+
+
+def min_halo(artifact: Path | None, config: dict, params) -> int:
+    """Two object diameters, as cellpose's own distributed segmentation overlaps its blocks:
+    the flows of a cell and the paths its pixels follow stay within that distance."""
+    diameter = params.diameter or config.get("diam_mean") or DEFAULT_DIAMETER
+    return int(np.ceil(2 * float(diameter)))
+
+
+def prepare(image, channel: int | None, params) -> dict:
+    """Image-wide percentiles (cellpose's are the 1st and 99th) of each channel the network gets:
+    the one channel, or channel_cyto (default 0) and channel_nuclei (if set) of a multi-channel
+    image of which no channel was chosen."""
+    lo, hi = params.norm_low, params.norm_high
+    if channel is not None or image.n_channels == 1:
+        chans, percentiles = None, [runtime.percentile_normalisation(image, channel, lo, hi)]
+    else:
+        chans = [params.channel_cyto or 0] + ([params.channel_nuclei] if params.channel_nuclei is not None else [])
+        percentiles = [runtime.percentile_normalisation(image, c, lo, hi) for c in chans]
+    return {"ndim": len(image.spatial_shape), "channels": chans, "percentiles": percentiles}
+
+
+def load(artifact: Path | None, config: dict, params):
+    """A CellposeModel from the file, on the GPU when the task has one."""
+    runtime.keep_libraries_out_of_home(".")
+    path = Path(artifact) if artifact is not None else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"{NAME}: model file {path} does not exist (cellpose would download cyto3 instead)")
+    device = runtime.torch_device(NAME)
+    from cellpose import models
+
+    model = models.CellposeModel(pretrained_model=str(path), device=device, gpu=device.type == "cuda")
+    if config.get("diam_mean"):
+        model.diam_mean = model.diam_labels = float(config["diam_mean"])
+    runtime.log(f"{NAME}: model {path.name}, trained at diameter {float(model.diam_mean):.1f}, "
+                f"objects of diameter {float(model.diam_labels):.1f}")
+    return model
+
+
+def _network_input(array: np.ndarray, prepared: dict) -> np.ndarray:
+    """(C', *spatial) float32, C' = 1 or 2 (cyto, nuclei), normalised with the image's values."""
+    if prepared["channels"] is None:
+        return runtime.normalise(array, prepared["percentiles"][0])[None]
+    return np.stack([runtime.normalise(array[c], p) for c, p in zip(prepared["channels"], prepared["percentiles"])])
+
+
+def segment(model, array: np.ndarray, params, prepared: dict, spacing=None):
+    """Instance labels (uint32); cellpose gives no per-object scores."""
+    x = _network_input(array, prepared)
+    channels = [1, 2] if x.shape[0] == 2 else [0, 0]
+    kwargs = dict(channels=channels, channel_axis=0, normalize=False, diameter=params.diameter,
+                  flow_threshold=params.flow_threshold, cellprob_threshold=params.cellprob_threshold,
+                  min_size=params.min_size)
+    if prepared["ndim"] == 3:
+        if not params.do_3D and not params.stitch_threshold:
+            raise ValueError(f"{NAME}: a 3D substack needs do_3D, or a stitch_threshold above 0 to "
+                             "segment slice by slice and link the slices")
+        anisotropy = spacing[0] / spacing[1] if spacing else None
+        kwargs.update(z_axis=1, do_3D=bool(params.do_3D), anisotropy=anisotropy,
+                      stitch_threshold=0.0 if params.do_3D else params.stitch_threshold)
+    masks = model.eval(x, **kwargs)[0]
+    return np.asarray(masks).astype(np.uint32, copy=False), None

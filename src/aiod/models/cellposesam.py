@@ -1,0 +1,134 @@
+"""Cellpose-SAM (cellpose 4, model `cpsam`): SAM's ViT-L encoder predicting Cellpose flows.
+
+The artifact is the model file itself (`cpsam` as published on Hugging Face: a torch state dict
+of the `CPSAM` network, weights saved in float32), loaded with
+`cellpose.models.CellposeModel(pretrained_model=<path>)`. Cellpose 4 downloads `cpsam` from
+Hugging Face when it is given a name or a path that does not exist: load() refuses anything but
+an existing local file and disables the library's download function, so nothing is fetched.
+
+The model is channel-order invariant and takes up to 3 channels: a single-channel substack (or
+the channel the samplesheet chose) is given as one channel, a multichannel one with all its
+channels. Cellpose 4 ignores the `channels` argument of cellpose 3, so this family has no such
+parameter. Each channel is scaled with image-wide percentiles from prepare(), never per
+substack (cellpose's own per-image normalisation is switched off).
+
+Parameters (the manifest's): diameter (null: no rescaling; else the image is rescaled by
+30 / diameter, as in cellpose 4), flow_threshold, cellprob_threshold, min_size, niter, do_3D,
+stitch_threshold (3D per slice when do_3D is false), flow3D_smooth, precision (bf16 | fp32),
+batch_size. `config` keys read: none.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from . import runtime
+
+NAME = "cellposesam"
+# Peak host RAM of segment() per substack voxel, CPU, bf16, measured with
+# bench/family_memory_big.py (RSS sampled every 10 ms, above the level before the call): the
+# network's working set is 0.25-0.77 GB whatever the size (up to batch_size 256x256 tiles at a
+# time), plus ~340 bytes/voxel (slope between 512x512 and 1024x1024: tiles, flows, dynamics);
+# 1024x1024 took 510 MB in all (~500 B/voxel), 4x256x256 per slice 510-770 MB. 1100 covers the
+# largest working set spread over a 1024x1024 substack plus the slope. Not included: the loaded
+# model itself, ~2.6 GB of RSS on the CPU (fixed per task).
+BYTES_PER_VOXEL = 1100.0
+# Estimate, not measured (no GPU here): the network works on fixed 256x256 tiles (batch_size of
+# them at a time, a fixed cost); per voxel, the flows, cell probability and the dynamics' pixel
+# positions live on the GPU in float32 (about 10 floats per voxel in 3D), x1.5 for the allocator.
+GPU_BYTES_PER_VOXEL = 64.0
+MAX_CHANNELS = 3
+TILE = 256  # cpsam's network tile (cellpose's bsize; fixed for the ViT-L)
+TRAINING_DIAMETER = 30.0  # cellpose rescales images by 30 / diameter
+
+
+def min_halo(artifact: Path | None, config: dict, params) -> int:
+    """Half a network tile, in image pixels. The ViT-L attends globally within each 256x256 tile
+    (no smaller receptive field), so a voxel in the substack's core gets as much context as it can
+    have in any tile once half a tile lies around it; that also keeps whole every object that
+    cpsam was trained on (diameters 7.5 to 120 px, i.e. at most half a tile at scale 1)."""
+    scale = (params.diameter / TRAINING_DIAMETER) if params.diameter else 1.0
+    return int(math.ceil(TILE / 2 * scale))
+
+
+def prepare(image, channel: int | None, params) -> dict:
+    return channel_percentiles(image, channel, MAX_CHANNELS, NAME)
+
+
+def channel_percentiles(image, channel: int | None, max_channels: int, family: str) -> dict:
+    """Image-wide 1st/99.8th percentiles of each channel the model will see (one when a channel
+    is chosen or the image has none). Shared by the families that take up to 3 channels."""
+    if channel is not None or image.n_channels == 1:
+        return {"channels": [runtime.percentile_normalisation(image, channel)]}
+    if image.n_channels > max_channels:
+        raise ValueError(f"{family}: the image has {image.n_channels} channels; the model takes at most "
+                         f"{max_channels}: choose one channel in the samplesheet")
+    return {"channels": [runtime.percentile_normalisation(image, c) for c in range(image.n_channels)]}
+
+
+def channels_last(array: np.ndarray, prepared: dict) -> np.ndarray:
+    """The substack as float32 (*spatial, C), each channel scaled with its image-wide percentiles
+    (0 at the low one, 1 at the high one). `array` has no channel axis when prepare() recorded
+    one channel, else channels first."""
+    scales = prepared["channels"]
+    planes = [array] if len(scales) == 1 else list(array)
+    if len(planes) != len(scales):
+        raise ValueError(f"substack has {len(planes)} channels, the image-wide values {len(scales)}")
+    out = np.empty(planes[0].shape + (len(planes),), dtype=np.float32)
+    for i, (plane, scale) in enumerate(zip(planes, scales)):
+        out[..., i] = runtime.normalise(plane, scale)
+    return out
+
+
+def load(artifact: Path | None, config: dict, params):
+    runtime.keep_libraries_out_of_home(".")
+    path = local_file(artifact, NAME)
+    from cellpose import models
+
+    def no_download(name):
+        raise RuntimeError(f"{NAME}: cellpose tried to download '{name}'; models come only from the registry's artifact")
+
+    models.cache_model_path = no_download  # cellpose 4 fetches unknown names from Hugging Face
+    device = runtime.torch_device(NAME)
+    # bf16 on GPU and on the CPU: bf16 is cellpose 4's own default on every device (the published
+    # cpsam results use it; the weights are stored in float32 and cast at load), and on the CPU it
+    # is ~3x faster than fp32 (11 s vs 31 s for 256x256, FACTS.md). precision=fp32 for full precision.
+    model = models.CellposeModel(pretrained_model=str(path), device=device,
+                                 use_bfloat16=params.precision == "bf16")
+    runtime.log(f"{NAME}: loaded {path.name} ({params.precision}) on {device}")
+    return model
+
+
+def local_file(artifact: Path | None, family: str) -> Path:
+    """The artifact as an existing local file, or an error (never a name a library would fetch)."""
+    if artifact is None or not Path(artifact).is_file():
+        raise FileNotFoundError(f"{family}: model file {artifact} not found (it comes from the registry's artifact step)")
+    return Path(artifact).resolve()
+
+
+def segment(model, array: np.ndarray, params, prepared: dict, spacing) -> tuple[np.ndarray, dict | None]:
+    """Instance labels (uint32, 0 = background) of one 2D or 3D substack; no per-object scores."""
+    x = channels_last(array, prepared)
+    ndim = x.ndim - 1
+    kwargs = dict(
+        channel_axis=ndim, normalize={"normalize": False}, batch_size=params.batch_size,
+        diameter=params.diameter or None, flow_threshold=params.flow_threshold,
+        cellprob_threshold=params.cellprob_threshold, min_size=params.min_size, niter=params.niter or None,
+        # cellpose drops masks larger than this fraction of the *substack*: that depends on how
+        # the image was split, so it is off (1.0) to keep split == whole.
+        max_size_fraction=1.0,
+    )
+    if ndim == 3:
+        if params.do_3D:
+            anisotropy = spacing[0] / spacing[2] if spacing else None
+            kwargs.update(do_3D=True, z_axis=0, anisotropy=anisotropy, flow3D_smooth=params.flow3D_smooth)
+        elif params.stitch_threshold > 0:
+            kwargs.update(z_axis=0, stitch_threshold=params.stitch_threshold)
+        else:
+            raise ValueError(f"{NAME}: a 3D substack needs do_3D=true or stitch_threshold > 0 "
+                             "(else every slice would be labelled on its own)")
+    masks = model.eval(x, **kwargs)[0]
+    return np.asarray(masks).astype(np.uint32, copy=False).reshape(x.shape[:-1]), None

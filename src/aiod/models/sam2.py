@@ -1,0 +1,191 @@
+"""SAM 2 automatic mask generation ("segment everything"), per slice for 3D with slice linking.
+
+The artifact is a published SAM 2 checkpoint (`{"model": state_dict}`, e.g. sam2.1_hiera_tiny.pt);
+its architecture comes from the Hydra config YAML named in the location's `config.model_cfg`
+(e.g. `configs/sam2.1/sam2.1_hiera_t.yaml`), resolved by the installed sam2 package inside its
+own files (importing sam2 initialises Hydra on the `sam2` module): nothing is read from the
+network. `build_sam2(model_cfg, checkpoint, device=...)` builds it.
+
+Grey images become the uint8 RGB the model wants by an image-wide percentile stretch (1st -> 0,
+99.8th -> 255, clipped; never a uint8 wrap-around), the same for every substack; 2 or 3 channels
+become the R, G (and B) planes, each with its own percentiles.
+
+Masks become instance labels deterministically: the mask with the higher predicted IoU wins each
+contested pixel (then higher stability, then the generator's order). SAM 2's own
+`min_mask_region_area` post-processing needs its optional CUDA extension or OpenCV, so it is done
+here instead: islands and holes smaller than it are removed from each mask, and what is left of a
+mask after overlaps is dropped when smaller. Per-object scores are the predicted IoUs.
+
+3D: each z slice is segmented alone; a slice's objects are linked to the previous slice's by
+overlap: pairs with IoU >= `link_iou`, best first, one-to-one; a linked object keeps the previous
+slice's id, others start a new one. Its score is the mean predicted IoU of its slices.
+
+`config` keys read: model_cfg (required).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from . import runtime
+from ..metrics import pair_counts
+from .cellposesam import channel_percentiles, channels_last, local_file
+
+NAME = "sam2"
+# Peak host RAM of segment() per substack voxel, CPU, Hiera-tiny, measured with
+# bench/family_memory_big.py (RSS sampled every 10 ms, above the level before the call; one
+# batch of 64 points, every mask kept): ~1.8 GB whatever the size up to 1024x1024 (the encoder
+# works at 1024x1024), then ~1010 bytes/voxel (slope 1024x1024 -> 1536x1536: a points batch's 3
+# float32 mask logits per point at full substack size, their thresholded copies, RLEs):
+# 1792 B/voxel at 1024x1024, 1357 at 1536x1536. 1800 covers substacks from 1024x1024 up. Not
+# included: the loaded model and libraries (0.7-1.3 GB of RSS, fixed per task).
+BYTES_PER_VOXEL = 1800.0
+# Estimate, not measured (no GPU here): the encoder works at 1024x1024 whatever the substack (a
+# fixed cost); per voxel, a batch of points_per_batch x 3 float32 mask logits at full substack
+# size: 64 x 3 x 4 bytes.
+GPU_BYTES_PER_VOXEL = 768.0
+MAX_CHANNELS = 3
+# SAM 2 resizes the whole substack to 1024 px and its encoder attends globally: there is no finite
+# receptive field to state. The halo is set by object size instead: an object up to 256 px
+# across that crosses a border is seen whole by one of the two substacks.
+HALO = 128
+
+
+def min_halo(artifact: Path | None, config: dict, params) -> int:
+    return HALO
+
+
+def prepare(image, channel: int | None, params) -> dict:
+    return channel_percentiles(image, channel, MAX_CHANNELS, NAME)
+
+
+def load(artifact: Path | None, config: dict, params):
+    runtime.keep_libraries_out_of_home(".")
+    path = local_file(artifact, NAME)
+    model_cfg = config.get("model_cfg")
+    if not model_cfg:
+        raise ValueError(f"{NAME}: the location's config has no 'model_cfg' (the sam2 package's Hydra "
+                         "config name, e.g. configs/sam2.1/sam2.1_hiera_t.yaml)")
+    from sam2.automatic_mask_generator import SAM2AutomaticMaskGenerator
+    from sam2.build_sam import build_sam2
+
+    device = runtime.torch_device(NAME)
+    model = build_sam2(model_cfg, str(path), device=str(device))
+    runtime.log(f"{NAME}: loaded {path.name} ({model_cfg}) on {device}")
+    return SAM2AutomaticMaskGenerator(
+        model, points_per_side=params.points_per_side, points_per_batch=params.points_per_batch,
+        pred_iou_thresh=params.pred_iou_thresh, stability_score_thresh=params.stability_score_thresh,
+        box_nms_thresh=params.box_nms_thresh, min_mask_region_area=0,  # done in masks_to_labels
+        output_mode="uncompressed_rle")
+
+
+def segment(model, array: np.ndarray, params, prepared: dict, spacing) -> tuple[np.ndarray, dict | None]:
+    """Instance labels (uint32, 0 = background) and {label: predicted IoU} of a 2D or 3D substack."""
+    rgb = to_rgb(channels_last(array, prepared))
+    if rgb.ndim == 3:
+        return masks_to_labels(model.generate(rgb), rgb.shape[:2], params.min_mask_region_area)
+    return link_slices((masks_to_labels(model.generate(plane), plane.shape[:2], params.min_mask_region_area)
+                        for plane in rgb), rgb.shape[:3], params.link_iou)
+
+
+def to_rgb(scaled: np.ndarray) -> np.ndarray:
+    """(*spatial, C) values scaled to [0, 1] -> uint8 (*spatial, 3): 0 -> 0, 1 -> 255, clipped;
+    one channel is repeated as grey, two fill R and G."""
+    u8 = np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
+    channels = u8.shape[-1]
+    if channels == 3:
+        return u8
+    if channels == 1:
+        return np.repeat(u8, 3, axis=-1)
+    return np.concatenate([u8, np.zeros(u8.shape[:-1] + (3 - channels,), np.uint8)], axis=-1)
+
+
+def masks_to_labels(records: list[dict], shape: tuple[int, int], min_area: int, decode=None) -> tuple[np.ndarray, dict]:
+    """Paint the generator's masks into one label image; overlaps go to the higher predicted IoU.
+    `decode` turns a record's "segmentation" into a boolean mask (default: sam2's RLE decoder)."""
+    if decode is None:
+        from sam2.utils.amg import rle_to_mask as decode
+
+    order = sorted(range(len(records)),
+                   key=lambda i: (-records[i]["predicted_iou"], -records[i]["stability_score"], i))
+    labels = np.zeros(shape, dtype=np.uint32)
+    scores = {}
+    for i in order:
+        x, y, w, h = (int(round(v)) for v in records[i]["bbox"])
+        box = (slice(y, y + h + 1), slice(x, x + w + 1))
+        mask = np.asarray(decode(records[i]["segmentation"]), dtype=bool)[box]
+        if min_area > 0:
+            mask = drop_small_regions(mask, min_area)
+        mask = mask & (labels[box] == 0)
+        if np.count_nonzero(mask) < max(min_area, 1):
+            continue
+        new = len(scores) + 1
+        labels[box][mask] = new
+        scores[new] = float(records[i]["predicted_iou"])
+    return labels, scores
+
+
+def drop_small_regions(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """Fill holes and remove islands smaller than `min_area` pixels (8-connected islands, as SAM's
+    own post-processing)."""
+    holes, _ = ndi.label(~mask)
+    hole_sizes = np.bincount(holes.ravel())
+    border = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
+    small = hole_sizes < min_area
+    small[0] = False
+    small[border] = False  # background reaching the box edge is not a hole
+    mask = mask | small[holes]
+    islands, _ = ndi.label(mask, structure=np.ones((3, 3), bool))
+    keep = np.bincount(islands.ravel()) >= min_area
+    keep[0] = False
+    return keep[islands]
+
+
+def link_slices(slices, shape: tuple[int, ...], link_iou: float) -> tuple[np.ndarray, dict]:
+    """Give the objects of consecutive 2D label images one 3D id per chain of overlapping objects.
+
+    `slices` yields (labels, {label: score}) per z; a slice's object takes the id of the previous
+    slice's object it overlaps most (IoU >= link_iou, best pairs first, one-to-one), or a new id.
+    """
+    volume = np.zeros(shape, dtype=np.uint32)
+    score_sum: dict[int, float] = {}
+    score_n: dict[int, int] = {}
+    previous = None
+    for z, (labels, scores) in enumerate(slices):
+        mapping = np.zeros(int(labels.max()) + 1, dtype=np.uint32)
+        for local, linked in (match_by_iou(previous, labels, link_iou) if previous is not None else {}).items():
+            mapping[local] = linked
+        for local in range(1, len(mapping)):
+            if mapping[local] == 0 and local in scores:
+                mapping[local] = len(score_sum) + 1
+                score_sum[int(mapping[local])] = 0.0
+            if mapping[local]:
+                gid = int(mapping[local])
+                score_sum[gid] += scores[local]
+                score_n[gid] = score_n.get(gid, 0) + 1
+        volume[z] = mapping[labels]
+        previous = volume[z]
+    return volume, {gid: score_sum[gid] / score_n[gid] for gid in score_sum}
+
+
+def match_by_iou(previous: np.ndarray, current: np.ndarray, threshold: float) -> dict[int, int]:
+    """{current label: previous label} for overlapping pairs with IoU >= threshold, greedily best
+    IoU first (ties: lower labels first), each label used once."""
+    prev_ids, cur_ids, counts = pair_counts(previous.ravel().astype(np.int64), current.ravel().astype(np.int64))
+    area_prev = np.bincount(prev_ids, weights=counts)
+    area_cur = np.bincount(cur_ids, weights=counts)
+    both = (prev_ids > 0) & (cur_ids > 0)
+    p, c, inter = prev_ids[both], cur_ids[both], counts[both]
+    iou = inter / (area_prev[p] + area_cur[c] - inter)
+    links: dict[int, int] = {}
+    used: set[int] = set()
+    for k in np.lexsort((p, c, -iou)):
+        if iou[k] < threshold:
+            break
+        if int(c[k]) not in links and int(p[k]) not in used:
+            links[int(c[k])] = int(p[k])
+            used.add(int(p[k]))
+    return links

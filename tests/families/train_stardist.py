@@ -1,0 +1,73 @@
+"""Train StarDist 2D and 3D models briefly on the bundled nuclei, in the stardist environment.
+
+    python train_stardist.py OUT_DIR DATA_DIR
+
+DATA_DIR holds nuclei_2d.tif / nuclei_2d_mask.tif / nuclei_3d.tif / nuclei_3d_mask.tif
+(stardist.data's real 2D nuclei and synthetic 3D volume, written by tests/family_envs.py).
+Writes OUT_DIR/stardist_2d/ and OUT_DIR/stardist_3d/, each a model folder in the layout of the
+published zips (config.json, thresholds.json, weights), and OUT_DIR/artifacts.json:
+{"2": folder, "3": folder}. Images are normalised as the adapter does (1st-99.8th percentile).
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from aiod.models import runtime
+
+
+def normalised(x):
+    lo, hi = np.percentile(x, [1, 99.8])
+    return ((x - lo) / (hi - lo)).astype(np.float32)
+
+
+def augment(x, y):
+    """Random flips and 90-degree turns in the YX plane (the same for image and mask)."""
+    k = np.random.randint(4)
+    x, y = np.rot90(x, k, axes=(-2, -1)), np.rot90(y, k, axes=(-2, -1))
+    for ax in (-1, -2):
+        if np.random.rand() < 0.5:
+            x, y = np.flip(x, ax), np.flip(y, ax)
+    return np.ascontiguousarray(x), np.ascontiguousarray(y)
+
+
+def train(cls, config, name, x, y, out: Path, epochs, steps):
+    started = time.time()
+    model = cls(config, name=name, basedir=str(out))
+    model.train([x], [y], validation_data=([x], [y]), augmenter=augment, epochs=epochs, steps_per_epoch=steps)
+    # writes thresholds.json, like the published models (one NMS value and IoU: seconds, not minutes)
+    model.optimize_thresholds([x], [y], nms_threshs=[0.3], iou_threshs=[0.5], optimize_kwargs={"maxiter": 10})
+    print(f"{name}: trained in {time.time() - started:.0f} s", file=sys.stderr)
+    return out / name
+
+
+def main(out: Path, data: Path):
+    runtime.keep_libraries_out_of_home(out)
+    np.random.seed(0)
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(0)
+    from stardist import Rays_GoldenSpiral
+    from stardist.models import Config2D, Config3D, StarDist2D, StarDist3D
+
+    x2, y2 = normalised(tifffile.imread(data / "nuclei_2d.tif")), tifffile.imread(data / "nuclei_2d_mask.tif")
+    conf2 = Config2D(n_rays=32, grid=(2, 2), n_channel_in=1, train_patch_size=(128, 128), train_batch_size=4,
+                     train_tensorboard=False)
+    folder2 = train(StarDist2D, conf2, "stardist_2d", x2, y2, out, epochs=10, steps=25)
+
+    x3, y3 = normalised(tifffile.imread(data / "nuclei_3d.tif")), tifffile.imread(data / "nuclei_3d_mask.tif")
+    conf3 = Config3D(rays=Rays_GoldenSpiral(48), grid=(1, 2, 2), n_channel_in=1, unet_n_depth=2,
+                     train_patch_size=(24, 48, 48), train_batch_size=2, train_learning_rate=1e-3,
+                     train_tensorboard=False)
+    folder3 = train(StarDist3D, conf3, "stardist_3d", x3, y3, out, epochs=15, steps=10)
+
+    (out / "artifacts.json").write_text(json.dumps({"2": str(folder2), "3": str(folder3)}))
+    print(out / "artifacts.json")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))

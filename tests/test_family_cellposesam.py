@@ -1,0 +1,117 @@
+"""Cellpose-SAM (cellpose 4, cpsam) through its adapter, in its own environment.
+
+The first tests need no environment: halo, channel handling, the image-wide scaling, refusing
+what would make cellpose download or label 3D slices on their own. The family tests run a
+random-weight CPSAM network (tests/families/build_cellposesam.py: SAM's ViT-L at random, saved
+with the network's own save_model as the one-file `cpsam` artifact) in bf16 on the CPU. The
+ViT-L is slow there (~10 s per 256x256 tile), so the images are small: a 128x128 image (twice:
+determinism), an 80x128 substack-sized box and a 4x96x96 volume per slice with stitching (do_3D
+would run the network on every xz and yz plane: minutes). Random weights say nothing about
+accuracy: the tests check shapes, uint32 ids 1..n, determinism, ids stitched through z, that the
+image-wide scaling is the same for every box, and that nothing is written into $HOME or the
+artifact's folder and nothing downloaded.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import tifffile
+
+from aiod.imageio import open_image
+from aiod.models import cellposesam
+from family_artifacts import (assert_instance_labels, assert_left_no_trace, built_artifact,  # noqa: F401
+                              family_images, family_run, ids_spanning_slices)
+
+# the random readout's flows are not those of its masks: cellpose's flow-error check would drop
+# every mask, so it is off (flow_threshold 0); 3D per slice, stitched
+PARAMS = {"flow_threshold": 0.0, "do_3D": False, "stitch_threshold": 0.25}
+
+
+@pytest.mark.parametrize("diameter, halo", [(None, 128), (30.0, 128), (60.0, 256), (15.0, 64)])
+def test_cellposesam_halo_is_half_a_network_tile_at_the_image_scale(diameter, halo):
+    assert cellposesam.min_halo(None, {}, SimpleNamespace(diameter=diameter)) == halo
+
+
+def test_cellposesam_channels_are_scaled_with_their_own_image_wide_percentiles():
+    array = np.stack([np.full((2, 3), 10.0), np.full((2, 3), 30.0)])  # C, Y, X
+    prepared = {"channels": [{"p_low": 0.0, "p_high": 20.0}, {"p_low": 20.0, "p_high": 40.0}]}
+    x = cellposesam.channels_last(array, prepared)
+    assert x.shape == (2, 3, 2) and x.dtype == np.float32
+    np.testing.assert_allclose(x[..., 0], 0.5)
+    np.testing.assert_allclose(x[..., 1], 0.5)
+
+
+def test_cellposesam_single_channel_substack_gets_a_channel_axis():
+    x = cellposesam.channels_last(np.full((4, 2, 3), 5.0), {"channels": [{"p_low": 0.0, "p_high": 10.0}]})
+    assert x.shape == (4, 2, 3, 1)
+
+
+def test_cellposesam_prepare_refuses_more_than_three_channels(tmp_path):
+    tifffile.imwrite(tmp_path / "c4.tif", np.zeros((4, 8, 8), np.uint16), photometric="minisblack",
+                     metadata={"axes": "CYX"})
+    with open_image(tmp_path / "c4.tif") as image, pytest.raises(ValueError, match="at most 3"):
+        cellposesam.prepare(image, None, SimpleNamespace())
+
+
+def test_cellposesam_prepare_scales_each_of_two_channels(tmp_path):
+    data = np.stack([np.arange(64).reshape(8, 8), 100 + np.arange(64).reshape(8, 8)]).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "c2.tif", data, photometric="minisblack", metadata={"axes": "CYX"})
+    with open_image(tmp_path / "c2.tif") as image:
+        prepared = cellposesam.prepare(image, None, SimpleNamespace())
+    assert [round(c["p_low"]) for c in prepared["channels"]] == [1, 101]
+
+
+def test_cellposesam_3d_without_do_3D_or_stitching_is_refused():
+    params = SimpleNamespace(batch_size=8, diameter=None, flow_threshold=0.4, cellprob_threshold=0.0, min_size=15,
+                             niter=None, do_3D=False, stitch_threshold=0.0)
+    with pytest.raises(ValueError, match="stitch_threshold"):
+        cellposesam.segment(None, np.zeros((2, 8, 8)), params, {"channels": [{"p_low": 0, "p_high": 1}]}, None)
+
+
+def test_cellposesam_missing_model_file_is_an_error_not_a_download(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        cellposesam.local_file(tmp_path / "cpsam", "cellposesam")
+
+
+@pytest.fixture(scope="module")
+def cellposesam_run(built_artifact, tmp_path_factory):  # noqa: F811
+    work = tmp_path_factory.mktemp("cellposesam")
+    images = family_images(work / "images")
+    cases = [{"name": "image", "image": images["2d"], "repeat": 2},
+             {"name": "top", "image": images["2d"], "box": [[0, 80], [0, 128]]},
+             {"name": "volume", "image": images["3d"]}]
+    return family_run(built_artifact("cellposesam"), work / "run", cases, PARAMS)
+
+
+@pytest.mark.families
+def test_cellposesam_2d_image_gives_uint32_instances_on_a_background(cellposesam_run):
+    labels = cellposesam_run["runs"]["image_0"]
+    assert_instance_labels(labels, (128, 128))
+    assert (labels == 0).any()
+    assert cellposesam_run["record"]["runs"]["image_0"]["scores"] is None  # cellpose has no per-object score
+
+
+@pytest.mark.families
+def test_cellposesam_same_image_twice_gives_identical_labels(cellposesam_run):
+    np.testing.assert_array_equal(cellposesam_run["runs"]["image_0"], cellposesam_run["runs"]["image_1"])
+
+
+@pytest.mark.families
+def test_cellposesam_substack_sized_box_gives_labels_of_its_shape(cellposesam_run):
+    assert_instance_labels(cellposesam_run["runs"]["top_0"], (80, 128))
+    assert cellposesam_run["record"]["prepared"]["top"] == cellposesam_run["record"]["prepared"]["image"]
+
+
+@pytest.mark.families
+def test_cellposesam_3d_per_slice_masks_are_stitched_into_3d_ids(cellposesam_run):
+    volume = cellposesam_run["runs"]["volume_0"]
+    assert_instance_labels(volume, (4, 96, 96))
+    assert ids_spanning_slices(volume)
+
+
+@pytest.mark.families
+def test_cellposesam_writes_nothing_in_home_or_the_artifact_folder(cellposesam_run):
+    assert_left_no_trace(cellposesam_run)

@@ -1,0 +1,103 @@
+"""Empanada (MitoNet architecture) through its adapter and empanada-napari's engines, headless, in
+its own environment.
+
+The model is MitoNet's architecture with random weights (tests/families/build_empanada.py), saved
+as TorchScript with MitoNet_v1's config, loaded as the registry hands it over. Random weights
+segment nothing meaningful, so these tests check the plumbing, not accuracy: shapes, uint32
+instance ids 1..n, deterministic output, substack-sized crops, objects tracked through z (stack
+mode) and the ortho-plane consensus, nothing written into $HOME or the artifact's folder, nothing
+downloaded. The first tests need no environment: the conversion of panoptic ids to instances.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aiod.models import empanada
+from family_artifacts import (assert_instance_labels, assert_left_no_trace, built_artifact,  # noqa: F401
+                              family_images, family_run, ids_spanning_slices)
+
+D = empanada.LABEL_DIVISOR
+# Small objects of the random network are kept (min_size 10), and 3D objects need only span 2
+# voxels in each direction (min_extent 2): the 4-slice test volume is thin.
+PARAMS = {"min_size": 10, "min_extent": 2}
+ORTHO_BOX = [[0, 4], [0, 16], [0, 24]]
+
+
+def test_empanada_panoptic_ids_become_instances_numbered_from_one():
+    pan = np.array([[0, D + 7, D + 7], [D + 3, D + 3, 0], [2 * D, 0, D + 9]], dtype=np.int32)  # 2*D: class 2, no instance
+    labels = empanada.instances_2d(pan, thing_list=[1], min_size=0)
+    np.testing.assert_array_equal(labels, [[0, 2, 2], [1, 1, 0], [0, 0, 3]])
+    assert labels.dtype == np.uint32
+
+
+def test_empanada_min_size_removes_small_instances_and_renumbers():
+    pan = np.array([[D + 1, D + 1, D + 2], [D + 1, D + 1, 0]], dtype=np.int32)
+    np.testing.assert_array_equal(empanada.instances_2d(pan, thing_list=[1], min_size=2), [[1, 1, 0], [1, 1, 0]])
+
+
+def test_empanada_image_that_is_all_objects_keeps_every_object():
+    pan = np.array([[D + 1, D + 2]], dtype=np.int32)
+    np.testing.assert_array_equal(empanada.instances_2d(pan, thing_list=[1], min_size=0), [[1, 2]])
+
+
+@pytest.fixture(scope="module")
+def empanada_run(built_artifact, tmp_path_factory):  # noqa: F811
+    work = tmp_path_factory.mktemp("empanada")
+    images = family_images(work / "images")
+    built = built_artifact("empanada")
+    cases = [{"name": "image", "image": images["2d"], "repeat": 2},
+             {"name": "top", "image": images["2d"], "box": [[0, 80], [0, 128]]},
+             {"name": "corner", "image": images["2d"], "box": [[48, 128], [40, 128]]},
+             {"name": "volume", "image": images["3d"]}]
+    stack = family_run(built, work / "stack", cases, PARAMS)
+    # ortho-plane inference segments every xz and yz plane too (~2 s each on the CPU): a small box
+    ortho = family_run(built, work / "orthoplane", [{"name": "volume", "image": images["3d"], "box": ORTHO_BOX}],
+                       {**PARAMS, "mode": "orthoplane"})
+    return {**stack, "ortho": ortho}
+
+
+@pytest.mark.families
+def test_empanada_2d_image_gives_uint32_instances(empanada_run):
+    assert_instance_labels(empanada_run["runs"]["image_0"], (128, 128))
+    assert empanada_run["record"]["runs"]["image_0"]["scores"] is None  # the engines give no per-object score
+
+
+@pytest.mark.families
+def test_empanada_same_image_twice_gives_identical_labels(empanada_run):
+    np.testing.assert_array_equal(empanada_run["runs"]["image_0"], empanada_run["runs"]["image_1"])
+
+
+@pytest.mark.families
+def test_empanada_substack_sized_boxes_give_labels_of_their_shape(empanada_run):
+    assert_instance_labels(empanada_run["runs"]["top_0"], (80, 128))
+    assert_instance_labels(empanada_run["runs"]["corner_0"], (80, 88))
+
+
+@pytest.mark.families
+def test_empanada_every_box_uses_the_image_wide_normalisation(empanada_run):
+    prepared = empanada_run["record"]["prepared"]
+    assert prepared["top"] == prepared["corner"] == prepared["image"]
+
+
+@pytest.mark.families
+def test_empanada_3d_stack_tracks_objects_through_z(empanada_run):
+    volume = empanada_run["runs"]["volume_0"]
+    assert_instance_labels(volume, (4, 96, 96))
+    assert ids_spanning_slices(volume)
+
+
+@pytest.mark.families
+def test_empanada_3d_orthoplane_consensus_gives_instances(empanada_run):
+    assert_instance_labels(empanada_run["ortho"]["runs"]["volume_0"], (4, 16, 24))
+
+
+@pytest.mark.families
+def test_empanada_writes_nothing_in_home_or_the_artifact_folder(empanada_run):
+    assert_left_no_trace(empanada_run, empanada_run["ortho"])
+
+
+@pytest.mark.families
+def test_empanada_halo_is_the_stated_context(empanada_run):
+    assert empanada_run["record"]["min_halo"] == empanada.HALO

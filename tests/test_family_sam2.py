@@ -1,0 +1,167 @@
+"""SAM 2 automatic mask generation through its adapter, in its own environment.
+
+The first tests need no environment: they pin the adapter's own logic (grey to RGB, masks to
+labels with overlaps resolved by predicted IoU, SAM's small-region clean-up, slice-to-slice
+linking in 3D). The family tests run a random-weight Hiera-tiny checkpoint
+(tests/families/build_sam2.py, `{"model": state_dict}` as published) with the package's own
+Hydra config and a 4x4 point grid; random weights say nothing about accuracy, so they check the
+plumbing: shapes, uint32 ids 1..n with one score each, determinism, substack-sized boxes, ids
+linked through z, nothing written into $HOME or the artifact's folder, nothing downloaded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aiod.models import sam2
+from family_artifacts import (assert_instance_labels, assert_left_no_trace, built_artifact,  # noqa: F401
+                              family_images, family_run, ids_spanning_slices)
+
+
+def record(mask, iou, stability=0.9):
+    ys, xs = np.nonzero(mask)
+    return {"segmentation": np.asarray(mask, bool), "predicted_iou": iou, "stability_score": stability,
+            "bbox": [xs.min(), ys.min(), xs.max() - xs.min(), ys.max() - ys.min()]}
+
+
+def box_mask(shape, y0, y1, x0, x1):
+    mask = np.zeros(shape, bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def test_sam2_grey_becomes_rgb_by_clipping_never_wrapping():
+    rgb = sam2.to_rgb(np.array([[[-0.5], [0.0], [0.5], [1.0], [1.2]]], dtype=np.float32))
+    assert rgb.dtype == np.uint8 and rgb.shape == (1, 5, 3)
+    np.testing.assert_array_equal(rgb[0, :, 0], [0, 0, 128, 255, 255])
+    assert (rgb == rgb[..., :1]).all()
+
+
+def test_sam2_two_channels_fill_red_and_green():
+    rgb = sam2.to_rgb(np.array([[[1.0, 0.5]]], dtype=np.float32))
+    np.testing.assert_array_equal(rgb[0, 0], [255, 128, 0])
+
+
+def test_sam2_overlap_goes_to_the_mask_with_the_higher_predicted_iou():
+    a, b = box_mask((8, 8), 0, 4, 0, 6), box_mask((8, 8), 2, 8, 2, 8)
+    labels, scores = sam2.masks_to_labels([record(a, 0.7), record(b, 0.9)], (8, 8), 0, decode=np.asarray)
+    assert scores == {1: 0.9, 2: 0.7}  # numbered in order of predicted IoU
+    assert (labels[b] == 1).all()
+    np.testing.assert_array_equal(labels[a & ~b], 2)
+
+
+def test_sam2_equal_predicted_iou_is_decided_by_stability_then_order():
+    a, b = box_mask((6, 6), 0, 4, 0, 4), box_mask((6, 6), 2, 6, 2, 6)
+    labels, _ = sam2.masks_to_labels([record(a, 0.8, 0.9), record(b, 0.8, 0.95)], (6, 6), 0, decode=np.asarray)
+    assert labels[3, 3] == 1 and labels[0, 0] == 2  # b: more stable
+    labels, _ = sam2.masks_to_labels([record(a, 0.8), record(b, 0.8)], (6, 6), 0, decode=np.asarray)
+    assert labels[3, 3] == 1 and labels[5, 5] == 2  # a: first
+
+
+def test_sam2_mask_hidden_by_better_masks_is_dropped():
+    a = box_mask((6, 6), 0, 6, 0, 6)
+    labels, scores = sam2.masks_to_labels([record(a, 0.9), record(box_mask((6, 6), 1, 3, 1, 3), 0.5)], (6, 6), 0,
+                                          decode=np.asarray)
+    assert scores == {1: 0.9} and (labels == 1).all()
+
+
+def test_sam2_min_mask_region_area_fills_small_holes_and_removes_small_islands():
+    mask = box_mask((12, 12), 0, 7, 0, 7)
+    mask[3, 3] = False  # a 1-pixel hole
+    mask[10, 10] = True  # a 1-pixel island
+    labels, _ = sam2.masks_to_labels([record(mask, 0.9)], (12, 12), 4, decode=np.asarray)
+    np.testing.assert_array_equal(labels, box_mask((12, 12), 0, 7, 0, 7).astype(np.uint32))
+
+
+def test_sam2_masks_smaller_than_min_mask_region_area_are_dropped():
+    labels, scores = sam2.masks_to_labels([record(box_mask((8, 8), 0, 2, 0, 2), 0.9)], (8, 8), 5, decode=np.asarray)
+    assert scores == {} and not labels.any()
+
+
+def slices_of(*planes):
+    return [(np.asarray(p, np.uint32), {i: 0.5 + 0.1 * i for i in np.unique(p) if i}) for p in planes]
+
+
+def test_sam2_object_overlapping_through_slices_keeps_one_id():
+    plane = box_mask((6, 6), 1, 5, 1, 5).astype(np.uint32)
+    moved = box_mask((6, 6), 1, 5, 2, 6).astype(np.uint32)
+    volume, scores = sam2.link_slices(slices_of(plane, moved, plane), (3, 6, 6), 0.25)
+    assert set(np.unique(volume)) == {0, 1}
+    assert scores == {1: pytest.approx(0.6)}
+
+
+def test_sam2_slice_objects_take_the_previous_ids_by_best_overlap_one_to_one():
+    first = np.zeros((4, 8), np.uint32)
+    first[:, :4], first[:, 4:] = 1, 2
+    second = np.zeros((4, 8), np.uint32)  # local ids in another order; 3 straddles both (IoU 0.2 each)
+    second[:, 4:] = 1
+    second[:, :4] = 2
+    second[:, 3:5] = 3
+    volume, _ = sam2.link_slices(slices_of(first, second), (2, 4, 8), 0.25)
+    np.testing.assert_array_equal(volume[1, 0], [1, 1, 1, 3, 3, 2, 2, 2])
+
+
+def test_sam2_object_split_in_two_keeps_its_id_in_the_better_overlapping_part_only():
+    first = np.ones((4, 8), np.uint32)
+    second = np.ones((4, 8), np.uint32)
+    second[:, 5:] = 2  # IoU 0.625 and 0.375 with the object above: both above link_iou
+    volume, _ = sam2.link_slices(slices_of(first, second), (2, 4, 8), 0.25)
+    np.testing.assert_array_equal(volume[1, 0], [1, 1, 1, 1, 1, 2, 2, 2])
+
+
+def test_sam2_objects_overlapping_less_than_link_iou_start_new_ids():
+    a = box_mask((8, 8), 0, 4, 0, 4).astype(np.uint32)
+    b = box_mask((8, 8), 3, 8, 3, 8).astype(np.uint32)  # IoU with a: 1/40
+    volume, scores = sam2.link_slices(slices_of(a, b), (2, 8, 8), 0.25)
+    assert volume[0].max() == 1 and volume[1].max() == 2 and set(scores) == {1, 2}
+
+
+@pytest.fixture(scope="module")
+def sam2_run(built_artifact, tmp_path_factory):  # noqa: F811
+    work = tmp_path_factory.mktemp("sam2")
+    images = family_images(work / "images")
+    # a random network's masks have predicted IoU ~0.5 and stability ~0: keep them all
+    params = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "min_mask_region_area": 4}
+    cases = [{"name": "image", "image": images["2d"], "repeat": 2},
+             {"name": "corner", "image": images["2d"], "box": [[48, 128], [40, 128]]},
+             {"name": "volume", "image": images["3d"], "box": [[0, 3], [0, 64], [0, 64]]}]
+    return family_run(built_artifact("sam2"), work / "run", cases, params)
+
+
+def assert_one_score_per_object(run, labels):
+    scores = {int(k): v for k, v in run["scores"].items()}
+    assert set(scores) == set(np.unique(labels[labels > 0]).tolist())
+    assert all(0.0 <= s <= 1.0 for s in scores.values())  # predicted IoUs
+
+
+@pytest.mark.families
+def test_sam2_2d_image_gives_uint32_instances_with_predicted_iou_scores(sam2_run):
+    labels = sam2_run["runs"]["image_0"]
+    assert_instance_labels(labels, (128, 128))
+    assert_one_score_per_object(sam2_run["record"]["runs"]["image_0"], labels)
+
+
+@pytest.mark.families
+def test_sam2_same_image_twice_gives_identical_labels_and_scores(sam2_run):
+    np.testing.assert_array_equal(sam2_run["runs"]["image_0"], sam2_run["runs"]["image_1"])
+    assert sam2_run["record"]["runs"]["image_0"]["scores"] == sam2_run["record"]["runs"]["image_1"]["scores"]
+
+
+@pytest.mark.families
+def test_sam2_substack_sized_box_gives_labels_of_its_shape(sam2_run):
+    assert_instance_labels(sam2_run["runs"]["corner_0"], (80, 88))
+    assert sam2_run["record"]["prepared"]["corner"] == sam2_run["record"]["prepared"]["image"]
+
+
+@pytest.mark.families
+def test_sam2_3d_slices_are_linked_into_3d_ids(sam2_run):
+    volume = sam2_run["runs"]["volume_0"]
+    assert_instance_labels(volume, (3, 64, 64))
+    assert ids_spanning_slices(volume)
+    assert_one_score_per_object(sam2_run["record"]["runs"]["volume_0"], volume)
+
+
+@pytest.mark.families
+def test_sam2_writes_nothing_in_home_or_the_artifact_folder(sam2_run):
+    assert_left_no_trace(sam2_run)
