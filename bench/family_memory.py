@@ -100,7 +100,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "src"))
     stored = module(f"aiod.models.{args.family}").BYTES_PER_VOXEL
     print(f"{'shape':>14} {'voxels':>10} {'peak MB':>9} {'bytes/voxel':>12} {'seconds':>8} {'objects':>8}")
-    worst = 0.0
+    results = {}
     for ndim, artifact in sorted(artifacts.items()):
         for shape in CASES[ndim]:
             proc = subprocess.run([python, __file__, args.family, *args.artifacts, "--data", str(args.data),
@@ -108,12 +108,24 @@ def main() -> None:
             if proc.returncode != 0:
                 sys.exit(f"{shape}: failed\n{proc.stderr[-3000:]}")
             r = json.loads(proc.stdout.strip().splitlines()[-1])
-            worst = max(worst, r["bytes_per_voxel"])
+            results.setdefault(ndim, []).append(r)
             print(f"{'x'.join(map(str, shape)):>14} {r['voxels']:>10} {r['peak_mb']:>9.1f} "
                   f"{r['bytes_per_voxel']:>12.1f} {r['seconds']:>8.2f} {r['objects']:>8}", flush=True)
-    print(f"worst {worst:.1f} bytes/voxel; stored BYTES_PER_VOXEL = {stored} "
-          f"({'covers' if stored >= worst else 'DOES NOT cover'} the measurement)")
+    summarise(results, stored)
 
+
+def summarise(results: dict, stored: float) -> None:
+    """Peak = fixed + slope * voxels, per dimensionality (least squares over the cases), and the
+    smallest case the stored figure covers (a fixed part makes small substacks cost more per voxel)."""
+    import numpy as np
+
+    for ndim, rows in sorted(results.items()):
+        voxels = np.array([r["voxels"] for r in rows], float)
+        peak = np.array([r["peak_mb"] for r in rows]) * 2**20
+        slope, fixed = np.polyfit(voxels, peak, 1) if len(rows) > 1 else (peak[0] / voxels[0], 0.0)
+        covered = [int(v) for v, b in zip(voxels, peak) if b <= stored * v]
+        print(f"{ndim}D: {fixed / 2**20:.0f} MB + {slope:.1f} bytes/voxel; stored BYTES_PER_VOXEL = {stored} "
+              f"covers {'the cases from ' + str(min(covered)) + ' voxels' if covered else 'no case'}")
 
 if __name__ == "__main__":
     main()

@@ -28,13 +28,19 @@ import numpy as np
 from . import runtime
 
 NAME = "cellpose"
-# Peak host RAM per substack voxel during segment() (load excluded), measured with
-# bench/family_memory.py on a briefly trained model (tests/families/train_cellpose.py), CPU,
-# torch 2.15: see the numbers there. 2D and do_3D substacks.
-BYTES_PER_VOXEL = 1000.0
-# Not measured (no GPU here): an estimate from CPnet's float32 feature maps (32-256 channels,
-# 4 scales, batches of 8 tiles of 224^2, 3 orientations in 3D) and the flows kept on the device.
-GPU_BYTES_PER_VOXEL = 600.0
+# Peak host RAM of segment() is a fixed part plus a part per voxel, measured with
+# bench/family_memory.py (RSS sampled every 2 ms; CPU, torch 2.15, the briefly trained test model
+# at its own diameter): 2D 512^2 / 1024^2 / 2048^2: 615 / 691 / 984 MB = 591 MB + 98 B/voxel (the
+# network runs on fixed batches of 224^2 tiles; flows, cell probability and the mask dynamics
+# grow with the substack); 3D do_3D 32x128^2 / 48x192^2: 442 / 658 MB = 351 MB + 182 B/voxel.
+# One figure per voxel covers both for substacks of 2.5 Mvoxel or more (1600^2, 136^3); smaller
+# ones are dominated by the fixed part. A `diameter` below the model's rescales the substack up
+# first: memory then grows with (model diameter / diameter)^ndim.
+BYTES_PER_VOXEL = 400.0
+# Not measured (no GPU was lent to this work): an estimate, the per-voxel arrays above (flows,
+# probabilities, pixel positions of the dynamics, which cellpose keeps on the GPU) with slack;
+# the tiles' feature maps add a fixed ~1-2 GB.
+GPU_BYTES_PER_VOXEL = 200.0
 DEFAULT_DIAMETER = 30.0  # cellpose's diam_mean for cyto models
 
 
