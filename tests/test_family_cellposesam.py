@@ -21,7 +21,7 @@ import pytest
 import tifffile
 
 from aiod.imageio import open_image
-from aiod.models import cellposesam
+from aiod.models import cellposesam, runtime
 from family_artifacts import (assert_instance_labels, assert_left_no_trace, built_artifact,  # noqa: F401
                               family_images, family_run, ids_spanning_slices)
 
@@ -38,14 +38,14 @@ def test_cellposesam_halo_is_half_a_network_tile_at_the_image_scale(diameter, ha
 def test_cellposesam_channels_are_scaled_with_their_own_image_wide_percentiles():
     array = np.stack([np.full((2, 3), 10.0), np.full((2, 3), 30.0)])  # C, Y, X
     prepared = {"channels": [{"p_low": 0.0, "p_high": 20.0}, {"p_low": 20.0, "p_high": 40.0}]}
-    x = cellposesam.channels_last(array, prepared)
+    x = runtime.channels_last(array, prepared)
     assert x.shape == (2, 3, 2) and x.dtype == np.float32
     np.testing.assert_allclose(x[..., 0], 0.5)
     np.testing.assert_allclose(x[..., 1], 0.5)
 
 
 def test_cellposesam_single_channel_substack_gets_a_channel_axis():
-    x = cellposesam.channels_last(np.full((4, 2, 3), 5.0), {"channels": [{"p_low": 0.0, "p_high": 10.0}]})
+    x = runtime.channels_last(np.full((4, 2, 3), 5.0), {"channels": [{"p_low": 0.0, "p_high": 10.0}]})
     assert x.shape == (4, 2, 3, 1)
 
 
@@ -73,7 +73,7 @@ def test_cellposesam_3d_without_do_3D_or_stitching_is_refused():
 
 def test_cellposesam_missing_model_file_is_an_error_not_a_download(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
-        cellposesam.local_file(tmp_path / "cpsam", "cellposesam")
+        runtime.local_file(tmp_path / "cpsam", "cellposesam")
 
 
 @pytest.fixture(scope="module")

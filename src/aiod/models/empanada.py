@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from . import runtime
-from .cellposesam import local_file
+from .runtime import local_file
 
 NAME = "empanada"
 # Peak host RAM of segment() per substack voxel, CPU, random-weight MitoNet, measured with

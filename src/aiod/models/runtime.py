@@ -83,3 +83,35 @@ def normalise(array: np.ndarray, prepared: dict) -> np.ndarray:
     """Scale a substack with the image-wide percentiles from `percentile_normalisation`."""
     lo, hi = prepared["p_low"], prepared["p_high"]
     return (array.astype(np.float32, copy=False) - np.float32(lo)) / np.float32(hi - lo)
+
+
+def channel_percentiles(image, channel: int | None, max_channels: int, family: str) -> dict:
+    """Image-wide 1st/99.8th percentiles of each channel the model will see (one when a channel
+    is chosen or the image has none). Shared by the families that take up to 3 channels."""
+    if channel is not None or image.n_channels == 1:
+        return {"channels": [percentile_normalisation(image, channel)]}
+    if image.n_channels > max_channels:
+        raise ValueError(f"{family}: the image has {image.n_channels} channels; the model takes at most "
+                         f"{max_channels}: choose one channel in the samplesheet")
+    return {"channels": [percentile_normalisation(image, c) for c in range(image.n_channels)]}
+
+
+def channels_last(array: np.ndarray, prepared: dict) -> np.ndarray:
+    """The substack as float32 (*spatial, C), each channel scaled with its image-wide percentiles
+    (0 at the low one, 1 at the high one). `array` has no channel axis when prepare() recorded
+    one channel, else channels first."""
+    scales = prepared["channels"]
+    planes = [array] if len(scales) == 1 else list(array)
+    if len(planes) != len(scales):
+        raise ValueError(f"substack has {len(planes)} channels, the image-wide values {len(scales)}")
+    out = np.empty(planes[0].shape + (len(planes),), dtype=np.float32)
+    for i, (plane, scale) in enumerate(zip(planes, scales)):
+        out[..., i] = normalise(plane, scale)
+    return out
+
+
+def local_file(artifact: Path | None, family: str) -> Path:
+    """The artifact as an existing local file, or an error (never a name a library would fetch)."""
+    if artifact is None or not Path(artifact).is_file():
+        raise FileNotFoundError(f"{family}: model file {artifact} not found (it comes from the registry's artifact step)")
+    return Path(artifact).resolve()

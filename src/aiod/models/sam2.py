@@ -32,7 +32,7 @@ from scipy import ndimage as ndi
 
 from . import runtime
 from ..metrics import pair_counts
-from .cellposesam import channel_percentiles, channels_last, local_file
+from .runtime import channel_percentiles, channels_last, local_file
 
 NAME = "sam2"
 # Peak host RAM of segment() per substack voxel, CPU, Hiera-tiny, measured with
