@@ -26,9 +26,14 @@ def sheet(tmp_path_factory):
     return folder / "images.csv"
 
 
-def segment_tasks_done(work_dir):
-    return sum(1 for script in work_dir.glob("*/*/.command.sh")
-               if "aiod segment" in script.read_text() and (script.parent / ".exitcode").exists())
+def segment_tasks_recorded(launch_dir):
+    """SEGMENT tasks Nextflow has seen complete. A task's .exitcode appears before Nextflow polls
+    it; only from this log line on does Nextflow queue it for its resume cache."""
+    log = launch_dir / ".nextflow.log"
+    if not log.exists():
+        return 0
+    return sum(1 for line in log.read_text(errors="replace").splitlines()
+               if "Task completed > TaskHandler" in line and "name: SEGMENT" in line)
 
 
 def test_killed_run_resumes_to_a_byte_identical_mask(tmp_path, sheet):
@@ -45,8 +50,9 @@ def test_killed_run_resumes_to_a_byte_identical_mask(tmp_path, sheet):
     proc = subprocess.Popen([NEXTFLOW, *args], cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 300
-    while segment_tasks_done(work / "root" / "work") < 2 and time.time() < deadline and proc.poll() is None:
+    while segment_tasks_recorded(work) < 2 and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
+    time.sleep(3)  # the resume cache is written by a background thread, moments after the log line
     assert proc.poll() is None, "the run finished before it could be killed: give it more substacks"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
