@@ -116,6 +116,40 @@ def test_requested_count_without_any_grid_that_fits_says_so():
         plan_substacks((64, 64), "YX", (1, 1), (16, 16), bytes_per_voxel=1, memory_budget=1000)
 
 
+@given(
+    shape=st.tuples(st.integers(16, 400), st.integers(16, 400)),
+    budget=st.integers(20_000, 2_000_000),
+    fixed=st.integers(0, 1_000_000),
+)
+def test_auto_fits_boxes_in_what_the_fixed_part_leaves(shape, budget, fixed):
+    try:
+        plan = plan_substacks(shape, "YX", "auto", (4, 4), bytes_per_voxel=3, memory_budget=budget, fixed_bytes=fixed)
+    except PlanError:
+        return
+    assert all(fixed + math.prod(s.box_shape) * 3 <= budget for s in plan.substacks)
+
+
+def test_the_fixed_part_of_a_task_makes_auto_split_more():
+    without = plan_substacks((1000, 1000), "YX", "auto", (0, 0), bytes_per_voxel=1, memory_budget=1_200_000)
+    loaded = plan_substacks((1000, 1000), "YX", "auto", (0, 0), bytes_per_voxel=1, memory_budget=1_200_000,
+                            fixed_bytes=900_000)  # 300k voxels left: 4 cores of 250k
+    assert without.grid == (1, 1) and math.prod(loaded.grid) == 4
+
+
+def test_a_requested_count_says_how_much_of_its_need_is_the_model():
+    with pytest.raises(PlanError, match=r"^num_substacks 1,1 needs 2.0 MB per substack \(1.0 MB of it the model "
+                       r"and its libraries\), more than substack_memory 1.5 MB; 2,1 or more fits, or use auto$"):
+        plan_substacks((1024, 1024), "YX", (1, 1), (0, 0), bytes_per_voxel=1, memory_budget=1536 * 1024,
+                       fixed_bytes=1024 * 1024)
+
+
+def test_a_budget_the_model_alone_fills_is_refused():
+    with pytest.raises(PlanError, match=r"^substack_memory 2.0 GB leaves nothing for the image: the model and its "
+                       r"libraries alone take 2.5 GB per task; raise substack_memory$"):
+        plan_substacks((64, 64), "YX", "auto", (0, 0), bytes_per_voxel=1, memory_budget=2 * 1024**3,
+                       fixed_bytes=int(2.5 * 1024**3))
+
+
 def test_gpu_memory_limits_auto_when_it_is_the_smaller_budget():
     cpu_only = plan_substacks((512, 512), "YX", "auto", (0, 0), bytes_per_voxel=1, memory_budget=10**9)
     on_gpu = plan_substacks((512, 512), "YX", "auto", (0, 0), bytes_per_voxel=1, memory_budget=10**9,

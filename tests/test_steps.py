@@ -86,10 +86,38 @@ def test_model_parameters_change_the_key(tmp_path, image, model_json):
 
 def test_auto_splits_to_fit_the_memory_budget(tmp_path, image, model_json):
     image_path, _ = image
-    job = plan(tmp_path, image_path, model_json, num_substacks="auto", substack_memory="1 MB")
+    budget = int(classical.RUNTIME_BYTES) + 2**20  # 1 MB for the box
+    job = plan(tmp_path, image_path, model_json, num_substacks="auto", substack_memory=str(budget))
     biggest = max(np.prod([b - a for a, b in s["box"]]) for s in job["plan"]["substacks"])
     assert len(job["plan"]["substacks"]) > 1
-    assert biggest * (classical.BYTES_PER_VOXEL + 2) <= 1024 ** 2  # uint16 input
+    assert classical.RUNTIME_BYTES + biggest * (classical.BYTES_PER_VOXEL + 2) <= budget  # uint16 input
+
+
+def with_artifact(model_json, artifact, out):
+    """model_json's model, as if its version had an artifact of `artifact`'s size."""
+    model = json.loads(model_json.read_text())
+    model["artifact"] = {"path": str(artifact), "sha256": "0" * 64, "location": str(artifact), "config": {}}
+    out.write_text(json.dumps(model))
+    return out
+
+
+def test_the_artifact_s_size_is_memory_every_task_holds(tmp_path, image, model_json):
+    image_path, _ = image
+    weights = tmp_path / "weights.bin"
+    with open(weights, "wb") as fh:
+        fh.truncate(4 * 2**20)  # a sparse file: the size is what counts, as for loaded weights
+    budget = str(int(classical.RUNTIME_BYTES) + 8 * 2**20)
+    bare = plan(tmp_path, image_path, model_json, num_substacks="auto", substack_memory=budget)
+    loaded = plan(tmp_path, image_path, with_artifact(model_json, weights, tmp_path / "m.json"), name="b.json",
+                  num_substacks="auto", substack_memory=budget)
+    assert len(bare["plan"]["substacks"]) == 1 and len(loaded["plan"]["substacks"]) > 1
+
+
+def test_a_budget_the_model_alone_fills_is_refused_before_any_work(tmp_path, image, model_json):
+    image_path, _ = image
+    with pytest.raises(PlanError, match=r"^substack_memory 100.0 MB leaves nothing for the image: the model and its"):
+        plan(tmp_path, image_path, model_json, substack_memory="100 MB")
+    assert not (tmp_path / "plan.json").exists()
 
 
 def test_small_overlap_is_raised_to_the_models_minimum(tmp_path, image, model_json, capsys):

@@ -220,11 +220,17 @@ class _Budget:
     bytes_per_voxel: float
     gpu: int | None = None  # bytes of GPU memory, None = no GPU
     gpu_bytes_per_voxel: float | None = None
+    fixed: int = 0  # host bytes a task holds whatever its box: libraries and the loaded model
+
+    def __post_init__(self):
+        if self.memory is not None and self.memory <= self.fixed:
+            raise PlanError(f"substack_memory {_size(self.memory)} leaves nothing for the image: the model and its "
+                            f"libraries alone take {_size(self.fixed)} per task; raise substack_memory")
 
     def limits(self) -> list[tuple[float, str]]:
         out = []
         if self.memory is not None:
-            out.append((self.memory / float(self.bytes_per_voxel), f"substack_memory {_size(self.memory)}"))
+            out.append(((self.memory - self.fixed) / float(self.bytes_per_voxel), f"substack_memory {_size(self.memory)}"))
         if self.gpu is not None:
             per = float(self.gpu_bytes_per_voxel or self.bytes_per_voxel)
             out.append((self.gpu / per, f"GPU memory {_size(self.gpu)}"))
@@ -237,9 +243,12 @@ class _Budget:
         """What a box of `voxels` needs, and the budget it exceeds (None when it fits)."""
         for limit, name in self.limits():
             if voxels > limit:
-                per = name.startswith("GPU") and (self.gpu_bytes_per_voxel or self.bytes_per_voxel)
-                need = voxels * float(per or self.bytes_per_voxel)
-                return f"needs {_size(need)} per substack, more than {name}"
+                if name.startswith("GPU"):
+                    return f"needs {_size(voxels * float(self.gpu_bytes_per_voxel or self.bytes_per_voxel))} " \
+                           f"per substack, more than {name}"
+                fixed = f" ({_size(self.fixed)} of it the model and its libraries)" if self.fixed else ""
+                return f"needs {_size(self.fixed + voxels * float(self.bytes_per_voxel))} per substack{fixed}, " \
+                       f"more than {name}"
         return None
 
 
@@ -253,13 +262,15 @@ def plan_substacks(
     memory_budget: int | None,
     gpu_memory_budget: int | None = None,
     gpu_bytes_per_voxel: float | None = None,
+    fixed_bytes: int = 0,
 ) -> Plan:
     """Plan the substacks of one image.
 
     `num_substacks` is a tuple of counts per axis or `"auto"`: the fewest substacks whose largest
     box fits the budget (no budget: one substack), splitting the axis with the largest core
     first so boxes stay near-cubic in voxels. The budget is `memory_budget` bytes of host
-    memory at `bytes_per_voxel` and, when the model runs on a GPU, `gpu_memory_budget` bytes of
+    memory at `bytes_per_voxel` after the `fixed_bytes` every task holds whatever its box (the
+    libraries and the loaded model) and, when the model runs on a GPU, `gpu_memory_budget` bytes of
     GPU memory at `gpu_bytes_per_voxel` (the family's measured GPU factor; default
     `bytes_per_voxel`): a box must fit both. A requested count whose largest box does not fit
     is refused, naming the smallest grid that does. `overlap` is per axis, in voxels, or a
@@ -272,7 +283,7 @@ def plan_substacks(
     overlap = tuple(float(v) for v in overlap)
     if len(overlap) != ndim or any(v < 0 for v in overlap):
         raise PlanError(f"overlap: {overlap} must be {ndim} numbers >= 0")
-    budget = _Budget(memory_budget, bytes_per_voxel, gpu_memory_budget, gpu_bytes_per_voxel)
+    budget = _Budget(memory_budget, bytes_per_voxel, gpu_memory_budget, gpu_bytes_per_voxel, int(fixed_bytes))
     if num_substacks == "auto":
         grid = _auto_grid(shape, spatial_axes, overlap, budget)
     else:

@@ -9,6 +9,9 @@ the family name). It imports its deep-learning library inside its functions, nev
 level, and provides:
     NAME: str
     BYTES_PER_VOXEL: float          measured peak host memory per voxel of a substack
+    RUNTIME_BYTES: float            measured host memory a task holds before any substack
+                                    (interpreter, libraries; the planner adds the artifact's size
+                                    for the loaded weights): bench/task_memory.py
     GPU_BYTES_PER_VOXEL: float      the same for GPU memory (0 for CPU-only families)
     min_halo(artifact, config, params) -> int
                                     the least overlap (pixels) that keeps results local; reads

@@ -37,6 +37,9 @@ NAME = "cellpose"
 # ones are dominated by the fixed part. A `diameter` below the model's rescales the substack up
 # first: memory then grows with (model diameter / diameter)^ndim.
 BYTES_PER_VOXEL = 400.0
+# Resident before any substack, less the artifact (the planner adds its size for the loaded
+# weights): 911 MB (torch, cellpose), CPU, measured with bench/task_memory.py.
+RUNTIME_BYTES = 1024 * 2**20
 # Not measured (no GPU was lent to this work): an estimate, the per-voxel arrays above (flows,
 # probabilities, pixel positions of the dynamics, which cellpose keeps on the GPU) with slack;
 # the tiles' feature maps add a fixed ~1-2 GB.

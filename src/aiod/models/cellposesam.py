@@ -34,9 +34,12 @@ NAME = "cellposesam"
 # network's working set is 0.25-0.77 GB whatever the size (up to batch_size 256x256 tiles at a
 # time), plus ~340 bytes/voxel (slope between 512x512 and 1024x1024: tiles, flows, dynamics);
 # 1024x1024 took 510 MB in all (~500 B/voxel), 4x256x256 per slice 510-770 MB. 1100 covers the
-# largest working set spread over a 1024x1024 substack plus the slope. Not included: the loaded
-# model itself, ~2.6 GB of RSS on the CPU (fixed per task).
+# largest working set spread over a 1024x1024 substack plus the slope. The loaded model and its
+# libraries (~2.6 GB of RSS on the CPU, fixed per task) are RUNTIME_BYTES + the artifact's size.
 BYTES_PER_VOXEL = 1100.0
+# Resident before any substack, less the artifact (the planner adds its size for the loaded
+# weights): 1437 MB (torch, cellpose 4), CPU, measured with bench/task_memory.py.
+RUNTIME_BYTES = 1536 * 2**20
 # Estimate, not measured (no GPU here): the network works on fixed 256x256 tiles (batch_size of
 # them at a time, a fixed cost); per voxel, the flows, cell probability and the dynamics' pixel
 # positions live on the GPU in float32 (about 10 floats per voxel in 3D), x1.5 for the allocator.

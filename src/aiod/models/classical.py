@@ -23,6 +23,9 @@ NAME = "classical"
 # 131.6 (3D) on synthetic nuclei (float32 smoothing, float64 distance, h-maxima's work arrays,
 # int32 markers and labels, watershed queues); rounded up.
 BYTES_PER_VOXEL = 140.0
+# Resident before any substack (interpreter, numpy/scipy/scikit-image): 112 MB measured with
+# bench/task_memory.py.
+RUNTIME_BYTES = 128 * 2**20
 GPU_BYTES_PER_VOXEL = 0.0  # runs on the CPU
 SAMPLE_VOXELS = 16_000_000  # at most this many voxels are read to estimate the threshold
 

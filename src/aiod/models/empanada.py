@@ -41,9 +41,12 @@ NAME = "empanada"
 # bench/family_memory_big.py (RSS sampled every 10 ms, above the level before the call): 2D
 # 676 B/voxel at 512x512, 405 at 1024x1024 (slope 314); 3D stack 529 at 8x256x256, 90 at
 # 8x512x512 (one plane at a time; the result and the trackers' run-length codes). 700 covers
-# every case. Not included: the loaded model (~0.2 GB) and the 3D engine's forward-matching
-# child process (it holds the planes' run-length codes).
+# every case. Not included: the loaded model and libraries (RUNTIME_BYTES + the artifact's
+# size) and the 3D engine's forward-matching child process (it holds the planes' run-length codes).
 BYTES_PER_VOXEL = 700.0
+# Resident before any substack, less the artifact (the planner adds its size for the loaded
+# weights): 1041 MB (torch, empanada; the warm-up's one-off kernels included), CPU, measured with bench/task_memory.py.
+RUNTIME_BYTES = 1152 * 2**20
 # Estimate, not measured (no GPU here): ResNet-50 activations of one plane at a time (~1 kB per
 # pixel at full resolution in float32 through the decoder), 2x for PointRend and the heads.
 GPU_BYTES_PER_VOXEL = 2048.0

@@ -41,8 +41,11 @@ NAME = "sam2"
 # works at 1024x1024), then ~1010 bytes/voxel (slope 1024x1024 -> 1536x1536: a points batch's 3
 # float32 mask logits per point at full substack size, their thresholded copies, RLEs):
 # 1792 B/voxel at 1024x1024, 1357 at 1536x1536. 1800 covers substacks from 1024x1024 up. Not
-# included: the loaded model and libraries (0.7-1.3 GB of RSS, fixed per task).
+# included: the loaded model and libraries (fixed per task): RUNTIME_BYTES + the artifact's size.
 BYTES_PER_VOXEL = 1800.0
+# Resident before any substack, less the artifact (the planner adds its size for the loaded
+# weights): 1168 MB for hiera_tiny (torch, hydra, sam2), CPU, measured with bench/task_memory.py.
+RUNTIME_BYTES = 1280 * 2**20
 # Estimate, not measured (no GPU here): the encoder works at 1024x1024 whatever the substack (a
 # fixed cost); per voxel, a batch of points_per_batch x 3 float32 mask logits at full substack
 # size: 64 x 3 x 4 bytes.

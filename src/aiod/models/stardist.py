@@ -33,6 +33,9 @@ NAME = "stardist"
 # 394 / 394 (float32 input, the U-Net's feature maps, prob + 32-48 distances per grid pixel, NMS).
 # Rounded up with a margin.
 BYTES_PER_VOXEL = 450.0
+# Resident before any substack, less the artifact (the planner adds its size for the loaded
+# weights): 694 MB for 2D and 3D (TensorFlow), CPU, measured with bench/task_memory.py.
+RUNTIME_BYTES = 768 * 2**20
 # Not measured (no GPU was lent to this work): an estimate, the host figure without NMS and the
 # input copy (the network's feature maps are what lives on the GPU), with TensorFlow's slack.
 GPU_BYTES_PER_VOXEL = 400.0

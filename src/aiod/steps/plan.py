@@ -36,7 +36,8 @@ def plan(*, image_path: Path, sample_id: str, axes: str | None, channel: int | N
         requested = planner.parse_num_substacks(num_substacks, ndim)
         halo = planner.parse_overlap(overlap, ndim)
         sizing = {"bytes_per_voxel": adapter.BYTES_PER_VOXEL + image.n_channels * image.dtype.itemsize,
-                  "memory_budget": parse_memory(substack_memory)}
+                  "memory_budget": parse_memory(substack_memory),
+                  "fixed_bytes": adapter.RUNTIME_BYTES + size_on_disk(artifact_path(model))}
         the_plan = planner.plan_substacks(image.spatial_shape, image.spatial_axes, requested, halo, **sizing)
         floor = adapter.min_halo(artifact_path(model), artifact.get("config", {}), params)
         if min(the_plan.overlap) < floor:
@@ -71,6 +72,13 @@ def plan(*, image_path: Path, sample_id: str, axes: str | None, channel: int | N
     log(f"{sample_id}: {image.axes} {'x'.join(map(str, image.shape))} -> "
         + (f"in the cache ({hit})" if hit else f"{n} substack(s), grid {the_plan.grid}, overlap {the_plan.overlap}"))
     return job
+
+
+def size_on_disk(path: Path | None) -> int:
+    """Bytes of an artifact file or folder: about what its weights take once loaded."""
+    if path is None:
+        return 0
+    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def model_identity(model: dict) -> dict:
