@@ -20,12 +20,13 @@ from pipeline_helpers import tree_digest
 pytestmark = pytest.mark.families
 
 # F1@0.5 against the bundled ground truth (tests/families/train_stardist.py, seeded, CPU, one
-# thread), measured on three training runs: 2D 0.704 (two threads), 0.748, 0.748; 3D 0.228 (10
-# epochs at the default rate), 0.292, 0.660 (the 3D model sees one 31x61x57 volume for 150
-# steps: TensorFlow's training is not deterministic and so brief a training varies a lot; a
-# smoke test of the 3D path, not a good model). The floors leave a margin below the lowest.
+# thread), measured on training runs: 2D 0.704 (two threads), 0.748, 0.748. 3D, after 400 steps
+# on the one 31x61x57 volume: 0.960, 0.970, 0.931, 0.970 (four seeds). TensorFlow's training is
+# not deterministic (stardist feeds it through a parallel tf.data map): at 150 steps the same
+# seed gave 0.79 here and 0.07 in CI, so the 3D model now trains 400 steps. The floors leave a
+# margin below the lowest.
 F1_FLOOR_2D = 0.6
-F1_FLOOR_3D = 0.15
+F1_FLOOR_3D = 0.75
 
 
 @pytest.fixture(scope="module")
