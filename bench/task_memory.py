@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,8 +58,6 @@ def size_on_disk(path) -> int:
 
 def child(family: str, case: dict) -> dict:
     """In the family's environment: RSS after import, load and warm-up."""
-    import tempfile
-
     import numpy as np
     import tifffile
 
@@ -66,7 +65,7 @@ def child(family: str, case: dict) -> dict:
     from aiod.imageio import open_image
     from aiod.models import runtime
 
-    work = Path(tempfile.mkdtemp(prefix="task_memory_"))
+    work = Path.cwd()
     runtime.keep_libraries_out_of_home(work)
     manifest = registry.load_manifest(registry.BUILTIN_DIR / "manifests" / f"{family}.yaml")
     params = __import__("types").SimpleNamespace(**manifest.parameters_of(case["version"]))
@@ -108,8 +107,9 @@ def main() -> None:
                                 text=True, check=True).stdout.strip() + "/bin/python"
         stored = importlib.import_module(f"aiod.models.{family}").RUNTIME_BYTES
         for case in artifacts_of(family, args.artifacts):
-            proc = subprocess.run([python, __file__, family, "--artifacts", str(args.artifacts), "--child",
-                                   json.dumps(case)], capture_output=True, text=True, env=env)
+            with tempfile.TemporaryDirectory(prefix="task_memory_") as work:  # a task folder: caches go there
+                proc = subprocess.run([python, str(Path(__file__).resolve()), family, "--artifacts", str(args.artifacts.resolve()),
+                                       "--child", json.dumps(case)], capture_output=True, text=True, env=env, cwd=work)
             if proc.returncode != 0:
                 sys.exit(f"{family}/{case['version']}: failed\n{proc.stderr[-3000:]}")
             r = json.loads(proc.stdout.strip().splitlines()[-1])
