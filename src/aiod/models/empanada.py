@@ -45,7 +45,8 @@ NAME = "empanada"
 # size) and the 3D engine's forward-matching child process (it holds the planes' run-length codes).
 BYTES_PER_VOXEL = 700.0
 # Resident before any substack, less the artifact (the planner adds its size for the loaded
-# weights): 1041 MB (torch, empanada; the warm-up's one-off kernels included), CPU, measured with bench/task_memory.py.
+# weights): 1041 MB (torch, empanada; the warm-up's one-off kernels included), CPU, measured
+# with bench/task_memory.py.
 RUNTIME_BYTES = 1152 * 2**20
 # Estimate, not measured (no GPU here): ResNet-50 activations of one plane at a time (~1 kB per
 # pixel at full resolution in float32 through the decoder), 2x for PointRend and the heads.
