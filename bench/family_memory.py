@@ -48,14 +48,11 @@ def measure(family: str, ndim: int, artifact: Path, shape, data: Path) -> dict:
 
     import tifffile
 
-    sys.path.insert(0, str(ROOT / "tests" / "families"))
-    from segment import manifest_params
-
-    from aiod.models import runtime
+    from aiod.models import params_namespace, resolve, runtime
 
     runtime.keep_libraries_out_of_home(Path.cwd())
     adapter = importlib.import_module(f"aiod.models.{family}")
-    params = manifest_params(family, VERSIONS[family, ndim], PARAMS.get((family, ndim), {}))
+    params = params_namespace(resolve(family, VERSIONS[family, ndim], None, PARAMS.get((family, ndim), {})))
     source = tifffile.imread(data / f"nuclei_{ndim}d.tif")
     prepared = {"p_low": float(source.min()), "p_high": float(source.max())}
     if family == "cellpose":

@@ -32,8 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests" / "families")]
 
 from aiod import synthetic  # noqa: E402
-from aiod.models import runtime  # noqa: E402
-from cellposesam_sam2_empanada_segment import params_of  # noqa: E402
+from aiod.models import params_namespace, resolve, runtime  # noqa: E402
 
 # family -> (parameter overrides, {kind: (small shape, large shape)})
 CASES = {
@@ -93,7 +92,7 @@ def main() -> None:
     built = json.loads(record.read_text())
     adapter = __import__(f"aiod.models.{family}", fromlist=["segment"])
     overrides, kinds = CASES[family]
-    params = params_of(family, built["version"], overrides)
+    params = params_namespace(resolve(family, built["version"], None, overrides))
     loaded = rss()
     model = adapter.load(Path(built["artifact"]), built["config"], params)
     array, prepared = substack(family, WARM_UP[family])

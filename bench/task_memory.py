@@ -28,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from aiod.steps.plan import size_on_disk  # noqa: E402 - what the planner counts
+
 FAMILIES = ["classical", "stardist", "cellpose", "cellposesam", "sam2", "empanada"]
 WARM_UP = {2: (96, 96), 3: (4, 64, 64)}
 
@@ -49,26 +51,18 @@ def artifacts_of(family: str, folder: Path) -> list[dict]:
     return [{"version": v, "artifact": trained[n], "config": {}, "ndim": int(n)} for n, v in versions.items()]
 
 
-def size_on_disk(path) -> int:
-    if path is None:
-        return 0
-    path = Path(path)
-    return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def child(family: str, case: dict) -> dict:
     """In the family's environment: RSS after import, load and warm-up."""
     import numpy as np
     import tifffile
 
-    from aiod import registry, synthetic
+    from aiod import synthetic
     from aiod.imageio import open_image
-    from aiod.models import runtime
+    from aiod.models import params_namespace, resolve, runtime
 
     work = Path.cwd()
     runtime.keep_libraries_out_of_home(work)
-    manifest = registry.load_manifest(registry.BUILTIN_DIR / "manifests" / f"{family}.yaml")
-    params = __import__("types").SimpleNamespace(**manifest.parameters_of(case["version"]))
+    params = params_namespace(resolve(family, case["version"], None, {}))
     adapter = importlib.import_module(f"aiod.models.{family}")
     stages = {"imported": rss()}
     artifact = Path(case["artifact"]) if case["artifact"] else None
@@ -108,12 +102,13 @@ def main() -> None:
         stored = importlib.import_module(f"aiod.models.{family}").RUNTIME_BYTES
         for case in artifacts_of(family, args.artifacts):
             with tempfile.TemporaryDirectory(prefix="task_memory_") as work:  # a task folder: caches go there
-                proc = subprocess.run([python, str(Path(__file__).resolve()), family, "--artifacts", str(args.artifacts.resolve()),
+                proc = subprocess.run([python, str(Path(__file__).resolve()), family,
+                                       "--artifacts", str(args.artifacts.resolve()),
                                        "--child", json.dumps(case)], capture_output=True, text=True, env=env, cwd=work)
             if proc.returncode != 0:
                 sys.exit(f"{family}/{case['version']}: failed\n{proc.stderr[-3000:]}")
             r = json.loads(proc.stdout.strip().splitlines()[-1])
-            artifact = size_on_disk(case["artifact"])
+            artifact = size_on_disk(Path(case["artifact"])) if case["artifact"] else 0
             runtime = r["warmed_up"] - artifact
             mb = [v / 2**20 for v in (r["imported"], r["loaded"], r["warmed_up"], artifact, runtime, stored)]
             print(f"{family:>12} {case['version']:>18} {mb[0]:>10.0f} {mb[1]:>8.0f} {mb[2]:>8.0f} {mb[3]:>12.0f} "

@@ -64,3 +64,12 @@ def cache_entries(root_dir: Path) -> list[Path]:
 def read_mask(outdir: Path, sample_id: str) -> np.ndarray:
     from aiod import ngff
     return np.asarray(ngff.open_labels(outdir / f"{sample_id}.ome.zarr")[...])
+
+
+def same_partition(a, b) -> bool:
+    """Same objects up to renaming: the label pairs are a bijection, background to background."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return (
+        np.array_equal((a != 0), (b != 0))
+        and pairs.shape[1] == len(np.unique(a)) == len(np.unique(b))
+    )

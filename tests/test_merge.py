@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from aiod import merge, metrics, seams, substack_labels, synthetic
 from aiod.errors import AiodError
 from aiod.planner import plan_substacks
+from pipeline_helpers import same_partition
 
 
 def split_and_merge(tmp_path, gt, grid, halo, model, seed=0, output=None, with_plan=True, **kw):
@@ -37,15 +38,6 @@ def split_and_merge(tmp_path, gt, grid, halo, model, seed=0, output=None, with_p
 
     stats = merge.merge_substacks(plan, paths[::-1], create, **kw)
     return np.asarray(holder["out"][...]), stats
-
-
-def same_partition(a, b) -> bool:
-    """Same objects up to renaming: the label pairs are a bijection, background to background."""
-    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
-    return (
-        np.array_equal((a != 0), (b != 0))
-        and pairs.shape[1] == len(np.unique(a)) == len(np.unique(b))
-    )
 
 
 def nuclei_2d():

@@ -22,7 +22,7 @@ from aiod.metrics import match_labels
 from artifact_server import ArtifactServer
 from family_artifacts import built_artifact, family_images, segment_cases  # noqa: F401 - fixtures
 from family_envs import env_python, nuclei_data, trained_artifact  # noqa: F401 - fixtures
-from pipeline_helpers import processes, read_mask, run_pipeline, trace_rows
+from pipeline_helpers import processes, read_mask, run_pipeline, same_partition, trace_rows
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.families]
 
@@ -103,14 +103,6 @@ def test_a_model_published_as_a_zip_url_is_fetched_unpacked_and_used(tmp_path, t
     assert match_labels(tifffile.imread(nuclei_data / "nuclei_2d_mask.tif"), mask, thresh=0.5).f1 >= 0.6
 
 
-def same_objects(a, b):
-    """a and b are the same instance segmentation up to the numbering of the objects."""
-    if a.shape != b.shape or not np.array_equal(a > 0, b > 0):
-        return False
-    pairs = np.unique(np.stack([a[a > 0], b[b > 0]]), axis=1)
-    return pairs.shape[1] == len(np.unique(a[a > 0])) == len(np.unique(b[b > 0]))
-
-
 # As in tests/test_family_<family>.py. cellposesam: per slice (do_3D runs the ViT-L on every XZ
 # and YZ plane too: minutes on a CPU); sam2: a random network's masks have predicted IoU ~0.5
 # and stability ~0, keep them all.
@@ -140,7 +132,7 @@ def test_a_random_weight_model_runs_whole_and_split_as_its_adapter_does(tmp_path
                                tmp_path / "adapter")
     for key in images:
         assert whole[key].max() > 0, key
-        assert same_objects(whole[key], adapter[f"{key}_0"]), key
+        assert same_partition(whole[key], adapter[f"{key}_0"]), key
 
     # Split: these families' least halo (128 px) covers these small images, so every substack
     # sees the whole image and labels every object; the merge must make each object crossing the
@@ -157,4 +149,4 @@ def test_a_random_weight_model_runs_whole_and_split_as_its_adapter_does(tmp_path
         plan = json.loads((Path(entry) / "manifest.json").read_text())["plan"]
         assert all(box == [[0, n] for n in mask.shape] for box in (sub["box"] for sub in plan["substacks"]))
         assert mask.dtype == np.uint32
-        assert same_objects(mask, whole[key]), key
+        assert same_partition(mask, whole[key]), key

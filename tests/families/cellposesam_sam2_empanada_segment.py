@@ -16,27 +16,17 @@ import json
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
-from aiod import registry
 from aiod.imageio import open_image
-from aiod.models import runtime
-
-
-def params_of(family: str, version: str, given: dict) -> SimpleNamespace:
-    manifest = registry.load_manifest(registry.BUILTIN_DIR / "manifests" / f"{family}.yaml")
-    values = manifest.parameters_of(version)
-    for name, value in given.items():
-        values[name] = manifest.parameters[name].check(value)  # KeyError: not a parameter
-    return SimpleNamespace(**values)
+from aiod.models import params_namespace, resolve, runtime
 
 
 def main(job: dict) -> None:
     runtime.keep_libraries_out_of_home(".")
     adapter = importlib.import_module(f"aiod.models.{job['family']}")
-    params = params_of(job["family"], job["version"], job["params"])
+    params = params_namespace(resolve(job["family"], job["version"], None, job["params"]))
     artifact, out = Path(job["artifact"]), Path(job["out"])
     started = time.time()
     model = adapter.load(artifact, job["config"], params)

@@ -2,8 +2,8 @@
 
     python segment.py FAMILY VERSION ARTIFACT IMAGE OUT.npy [--params JSON] [--config JSON]
 
-Parameters are the manifest's defaults (model_registry/manifests/FAMILY.yaml, with the version's
-`defaults`) updated by --params, as the registry would give them. Writes the labels to OUT.npy
+Parameters are resolved by the registry as the pipeline resolves them: the manifest's defaults
+for the version, updated by --params, each checked. Writes the labels to OUT.npy
 and {"scores", "seconds", "min_halo", "prepared"} to OUT.json. Run by tests/family_envs.py.
 """
 
@@ -12,25 +12,12 @@ import importlib
 import json
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
-import yaml
 
 from aiod.imageio import open_image
-from aiod.models import runtime
+from aiod.models import params_namespace, resolve, runtime
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def manifest_params(family: str, version: str, given: dict) -> SimpleNamespace:
-    manifest = yaml.safe_load((ROOT / "model_registry" / "manifests" / f"{family}.yaml").read_text())
-    values = {name: spec.get("default") for name, spec in manifest["parameters"].items()}
-    values.update(manifest["versions"][version].get("defaults") or {})
-    unknown = set(given) - set(values)
-    if unknown:
-        raise SystemExit(f"{family}: parameters {sorted(unknown)} are not in the manifest")
-    return SimpleNamespace(**{**values, **given})
 
 
 def main():
@@ -42,7 +29,7 @@ def main():
     args = parser.parse_args()
     runtime.keep_libraries_out_of_home(Path(args.out).parent)
     adapter = importlib.import_module(f"aiod.models.{args.family}")
-    params = manifest_params(args.family, args.version, json.loads(args.params))
+    params = params_namespace(resolve(args.family, args.version, None, json.loads(args.params)))
     config, artifact = json.loads(args.config), Path(args.artifact)
     image = open_image(args.image)
     halo = adapter.min_halo(artifact, config, params)
