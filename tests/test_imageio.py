@@ -1,7 +1,5 @@
-"""aiod.imageio: lazy reading of TIFF and zarr images, axes resolution, content fingerprints."""
+"""aiod.imageio: lazy reading of TIFF and zarr images, axes resolution (fingerprints: test_fingerprint.py)."""
 
-import shutil
-import time
 
 import numpy as np
 import pytest
@@ -10,9 +8,7 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aiod import fingerprint as fingerprint_module
 from aiod.errors import InputError
-from aiod.fingerprint import fingerprint
 from aiod.imageio import open_image
 
 ALL = slice(None)
@@ -248,92 +244,6 @@ def test_any_box_equals_numpy_slicing_of_the_canonical_array(tmp_path_factory, d
         got = img.read(tuple(box), channel=channel)
     want = canonical[(slice(None), *box)] if channel is None else canonical[(channel, *box)]
     np.testing.assert_array_equal(got, want)
-
-
-# --------------------------------------------------------------------------- fingerprint
-
-
-def test_fingerprint_of_a_copy_is_the_same(tmp_path):
-    tifffile.imwrite(tmp_path / "a.tif", ramp((50, 60)))
-    (tmp_path / "other").mkdir()
-    shutil.copy(tmp_path / "a.tif", tmp_path / "other" / "b.tif")
-    assert fingerprint(tmp_path / "a.tif") == fingerprint(tmp_path / "other" / "b.tif")
-    assert len(fingerprint(tmp_path / "a.tif")) == 64
-
-
-def test_fingerprint_changes_with_a_pixel_of_a_small_file(tmp_path):
-    data = ramp((50, 60))
-    tifffile.imwrite(tmp_path / "a.tif", data)
-    data[25, 30] += 1
-    tifffile.imwrite(tmp_path / "b.tif", data)
-    assert fingerprint(tmp_path / "a.tif") != fingerprint(tmp_path / "b.tif")
-
-
-def _big_sparse_tiff(path, planes=200):
-    tifffile.imwrite(path, shape=(planes, 1000, 1000), dtype="uint8")  # sparse on disk
-    return path.stat().st_size
-
-
-def _poke(path, offset):
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        f.write(b"\x07")
-
-
-def test_fingerprint_of_a_200_mb_file_reads_a_bounded_sample(tmp_path):
-    path = tmp_path / "big.tif"
-    size = _big_sparse_tiff(path)
-    assert size > 200e6
-    started = time.perf_counter()
-    before = fingerprint(path)
-    assert time.perf_counter() - started < 2.0
-    _poke(path, size // 2 + 12345)  # between two sampled windows: not seen by "sample"
-    assert fingerprint(path) == before
-    assert fingerprint(path, mode="full") != fingerprint(tmp_path / "big.tif", mode="sample")
-
-
-def test_fingerprint_sees_a_change_inside_a_sampled_window(tmp_path):
-    path = tmp_path / "big.tif"
-    size = _big_sparse_tiff(path, planes=50)
-    before = fingerprint(path)
-    window = 8 * (size - fingerprint_module._WINDOW) // (fingerprint_module._N_WINDOWS + 1)
-    _poke(path, window + 100)
-    assert fingerprint(path) != before
-
-
-def test_full_fingerprint_sees_any_change(tmp_path):
-    path = tmp_path / "big.tif"
-    size = _big_sparse_tiff(path, planes=50)
-    before = fingerprint(path, mode="full")
-    _poke(path, size // 2 + 12345)
-    assert fingerprint(path, mode="full") != before
-
-
-def test_zarr_fingerprint_is_path_independent_and_sees_sampled_chunks(tmp_path):
-    data = ramp((40, 40))
-    arr = zarr.create_array(tmp_path / "a.zarr", shape=data.shape, chunks=(10, 10),
-                            dtype=data.dtype)
-    arr[...] = data
-    shutil.copytree(tmp_path / "a.zarr", tmp_path / "copy.zarr")
-    fp = fingerprint(tmp_path / "a.zarr")
-    assert fingerprint(tmp_path / "copy.zarr") == fp
-    arr[39, 39] = 7  # the last chunk is always sampled (16 chunks: all of them here)
-    assert fingerprint(tmp_path / "a.zarr") != fp
-    assert fingerprint(tmp_path / "a.zarr", mode="full") != fingerprint(tmp_path / "copy.zarr",
-                                                                          mode="full")
-
-
-def test_zarr_fingerprint_samples_at_most_16_chunks_and_marks_missing_ones(tmp_path):
-    arr = zarr.create_array(tmp_path / "s.zarr", shape=(100, 100), chunks=(10, 10), dtype="u1")
-    assert len(fingerprint_module._sample_chunk_coords((10, 10))) == 16
-    fp = fingerprint(tmp_path / "s.zarr")  # no chunk written: all are missing markers
-    arr[0:10, 0:10] = 1  # chunk (0, 0) is always sampled
-    assert fingerprint(tmp_path / "s.zarr") != fp
-
-
-def test_fingerprint_of_a_missing_file(tmp_path):
-    with pytest.raises(InputError, match="file not found"):
-        fingerprint(tmp_path / "x.tif")
 
 
 def test_pyramidal_ome_tiff_reads_level_0(tmp_path):

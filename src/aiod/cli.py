@@ -175,7 +175,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--overlap", default="32")
     s.add_argument("--substack-memory", default="2 GB")
     s.add_argument("--root-dir", required=True)
-    s.add_argument("--fingerprint", choices=("sample", "full"), default="sample")
+    s.add_argument("--fingerprint", default="full",
+                   help="full: every byte, memoised under root_dir (default); sample: a bounded sample, for archives never edited")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_plan)
 

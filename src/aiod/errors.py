@@ -27,3 +27,7 @@ class ModelError(AiodError):
 
 class PlanError(AiodError):
     """A substack split that cannot be made (bad count, overlap or memory budget)."""
+
+
+class ParameterError(AiodError):
+    """A pipeline parameter outside the values it can take."""

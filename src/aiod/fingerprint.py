@@ -1,7 +1,12 @@
-"""Image identity for the cache key: a content fingerprint that reads a bounded sample.
+"""Image identity for the cache key: a content fingerprint of every byte, memoised by file identity.
 
 Independent of the image's path, name and mtime: a copy of an image elsewhere has the same
-fingerprint, so someone else's result for it is found in the shared cache.
+fingerprint, so someone else's result for it is found in the shared cache. Mode "full" (the
+default) hashes every byte with BLAKE3; mode "sample" (opt-in, for read-only archives) reads a
+bounded sample and does not see a change outside it. Either is memoised in a small index (one JSON
+file per image, `<root_dir>/aiod_cache/.fingerprints/`) keyed by the image's resolved path and the
+(size, mtime_ns, inode, device) of its file, or of every file of a Zarr store: an unchanged image
+is not read again, a touched or edited one is.
 """
 
 from __future__ import annotations
@@ -9,16 +14,24 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import blake3
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, ParameterError
 from .imageio import ZARR_META, _image_format, _tiff_file, _zarr_level0
 
+MODES = ("full", "sample")
+INDEX_DIR = ".fingerprints"  # below <root_dir>/aiod_cache
 _HEAD = _TAIL = 1 << 20
 _WINDOW, _N_WINDOWS, _N_CHUNKS = 64 << 10, 16, 16
-_FP_VERSION = "aiod-fingerprint-1"
+_BLOCK = 16 << 20  # bytes per read in mode "full"; the next block is read while one is hashed
+_SETTLE_NS = 2_000_000_000  # a file changed less than this before hashing is not memoised
+_FP_VERSION = "aiod-fingerprint-2"
 
 
 def _hash_file_sample(h, f, size: int) -> None:
@@ -55,22 +68,135 @@ def _sample_chunk_coords(grid: tuple[int, ...]) -> list[tuple[int, ...]]:
     return [tuple(int(c) for c in np.unravel_index(k, grid)) if grid else () for k in picks]
 
 
-def fingerprint(path, mode: str = "sample") -> str:
-    """Hex sha256 identifying the image content, independent of its path and mtime.
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ParameterError(f"--fingerprint {mode!r}: expected one of {', '.join(MODES)}")
 
-    mode "sample" (default) reads a bounded amount: format, shape, dtype, metadata axes, file
-    size, plus for one file its first and last 1 MiB and 16 evenly spaced 64 KiB windows; for a
-    zarr, the metadata files of the group and level-0 array and the raw stored bytes of up to 16
-    chunks spread evenly over the chunk grid (keys computed from the metadata, no listing; a
-    missing chunk hashes as a marker). A change outside the sampled bytes is NOT seen: use mode
-    "full", which hashes every byte, when that matters.
+
+def fingerprint(path, mode: str = "full", index_dir=None) -> str:
+    """Hex digest identifying the image content, independent of its path and mtime.
+
+    mode "full" (default): BLAKE3 of every byte of the file, or of every file of a Zarr store
+    (relative name, length and bytes, in sorted order), read in 16 MiB blocks.
+    mode "sample": format, shape, dtype, metadata axes, file size, plus for one file its first and
+    last 1 MiB and 16 evenly spaced 64 KiB windows; for a zarr, the metadata files of the group and
+    level-0 array and the raw stored bytes of up to 16 chunks spread evenly over the chunk grid. A
+    change outside the sampled bytes is NOT seen: only for archives that are never edited.
+    With `index_dir`, the result is memoised there by file identity (see `_Memo`).
     """
-    if mode not in ("sample", "full"):
-        raise ValueError(f"fingerprint mode must be 'sample' or 'full', not {mode!r}")
+    check_mode(mode)
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
+    files = _store_files(path)
+    memo = _Memo(Path(index_dir), path, mode) if index_dir is not None else None
+    if memo is not None and (known := memo.lookup(files)) is not None:
+        return known
+    started = time.time_ns()
+    digest = _hash_content(path, mode, files)
+    if memo is not None and _settled(files, started) and _stats(files) == _stats(_store_files(path)):
+        memo.store(files, digest)
+    return digest
+
+
+def _hash_content(path: Path, mode: str, files: list) -> str:
+    """Read the image (every byte of `files` in mode "full") and return its fingerprint."""
     kind = _image_format(path)
+    if mode == "sample":
+        return _sample_fingerprint(path, kind)
+    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    h.update(json.dumps({"v": _FP_VERSION, "mode": mode, "format": kind}, sort_keys=True).encode())
+    if path.is_file():
+        _hash_file(h, path)
+    else:
+        for rel, _, p in files:
+            name = rel.encode()
+            h.update(b"<%d:%s>" % (len(name), name))
+            _hash_file(h, p)
+    return h.hexdigest()
+
+
+def _hash_file(h, path) -> None:
+    """Feed every byte of a file to `h`, with its length; a large one in blocks, the next block
+    read by a second thread while one is hashed."""
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        h.update(b"%d;" % size)
+        if size <= _BLOCK:
+            h.update(f.read())
+            return
+        bufs, i = (bytearray(_BLOCK), bytearray(_BLOCK)), 0
+        with ThreadPoolExecutor(1) as reader:
+            pending = reader.submit(f.readinto, bufs[0])
+            while n := pending.result():
+                pending = reader.submit(f.readinto, bufs[1 - i])
+                h.update(memoryview(bufs[i])[:n])
+                i = 1 - i
+
+
+def _store_files(path: Path) -> list[tuple[str, os.stat_result, str]]:
+    """(relative name, stat, path) of the image file, or of every file below a Zarr store, sorted
+    by name: stats only, no reads."""
+    if path.is_file():
+        return [("", path.stat(), str(path))]
+    found, todo = [], [(str(path), "")]
+    while todo:
+        folder, prefix = todo.pop()
+        with os.scandir(folder) as entries:
+            for e in entries:
+                if e.is_dir(follow_symlinks=False):
+                    todo.append((e.path, f"{prefix}{e.name}/"))
+                elif e.is_file():
+                    found.append((f"{prefix}{e.name}", e.stat(), e.path))
+    return sorted(found, key=lambda f: f[0])
+
+
+def _stats(files) -> list:
+    return [[rel, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev] for rel, st, _ in files]
+
+
+def _settled(files, started_ns: int) -> bool:
+    """Every file last changed well before hashing began: a change made while it was read, within
+    the filesystem's timestamp resolution, would otherwise leave its old memo in force."""
+    return all(st.st_mtime_ns <= started_ns - _SETTLE_NS for _, st, _ in files)
+
+
+class _Memo:
+    """One image's memoised fingerprint: `<index_dir>/<ab>/<digest of version, mode and resolved
+    path>.json`, holding the path, a digest of the files' (name, size, mtime_ns, inode, device)
+    and the fingerprint. Written to a unique temporary name and renamed, so concurrent writers
+    never leave a torn file; an unreadable or foreign file counts as no memo and is rewritten."""
+
+    def __init__(self, index_dir: Path, path: Path, mode: str):
+        self.resolved = str(path.resolve())
+        name = hashlib.sha256(f"{_FP_VERSION}\0{mode}\0{self.resolved}".encode()).hexdigest()
+        self.file = index_dir / name[:2] / f"{name}.json"
+
+    def _identity(self, files) -> str:
+        return hashlib.sha256(json.dumps(_stats(files)).encode()).hexdigest()
+
+    def lookup(self, files) -> str | None:
+        try:
+            entry = json.loads(self.file.read_text())
+            if entry["path"] != self.resolved or entry["files"] != self._identity(files):
+                return None
+            return entry["fingerprint"] if isinstance(entry["fingerprint"], str) else None
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def store(self, files, digest: str) -> None:
+        text = json.dumps({"path": self.resolved, "files": self._identity(files), "fingerprint": digest})
+        tmp = self.file.with_name(f".{self.file.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text)
+            os.replace(tmp, self.file)
+        except OSError:  # an index we cannot write (read-only or full root_dir) only costs a re-read
+            tmp.unlink(missing_ok=True)
+
+
+def _sample_fingerprint(path: Path, kind: str) -> str:
+    mode = "sample"
     h = hashlib.sha256()
     if kind == "tiff":
         shape, dtype, axes = _tiff_header(path)
@@ -78,22 +204,12 @@ def fingerprint(path, mode: str = "sample") -> str:
         header = {"format": kind, "shape": shape, "dtype": dtype, "axes": axes, "size": size}
         h.update(json.dumps({"v": _FP_VERSION, "mode": mode, **header}, sort_keys=True).encode())
         with open(path, "rb") as f:
-            if mode == "full":
-                _hash_stream(h, f)
-            else:
-                _hash_file_sample(h, f, size)
+            _hash_file_sample(h, f, size)
         return h.hexdigest()
     array, axes, _ = _zarr_level0(path)
     header = {"format": kind, "shape": list(array.shape), "dtype": str(array.dtype),
               "axes": axes or ""}
     h.update(json.dumps({"v": _FP_VERSION, "mode": mode, **header}, sort_keys=True).encode())
-    if mode == "full":
-        for dirpath, dirnames, filenames in os.walk(path):
-            dirnames.sort()
-            for name in sorted(filenames):
-                p = Path(dirpath) / name
-                _hash_small_file(h, p, p.relative_to(path).as_posix())
-        return h.hexdigest()
     array_dir = path / array.path if array.path else path
     for d, label in ((path, "root"), (array_dir, "array")):
         for m in ZARR_META:

@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import RESULT_FORMAT_VERSION, imageio, planner
 from ..cache import Cache, cache_key
 from ..errors import InputError, PlanError
-from ..fingerprint import fingerprint
+from ..fingerprint import INDEX_DIR, check_mode, fingerprint
 from ..models import get_adapter, params_namespace
 from . import JOB_FORMAT, MERGE_SETTINGS, artifact_path, log
 
@@ -27,6 +27,8 @@ def plan(*, image_path: Path, sample_id: str, axes: str | None, channel: int | N
          num_substacks: str, overlap: str, substack_memory: str, root_dir: Path, fingerprint_mode: str,
          out: Path) -> dict:
     """Identify the image, compute its cache key, look it up, and plan substacks on a miss."""
+    check_mode(fingerprint_mode)
+    cache = Cache(root_dir)
     model = json.loads(Path(model_json).read_text())
     adapter, params = get_adapter(model["adapter"]), params_namespace(model)
     artifact = model.get("artifact") or {}
@@ -45,14 +47,13 @@ def plan(*, image_path: Path, sample_id: str, axes: str | None, channel: int | N
             wider = tuple(float(max(floor, o)) for o in the_plan.overlap)
             the_plan = planner.plan_substacks(image.spatial_shape, image.spatial_axes, requested, wider, **sizing)
         identity = {
-            "fingerprint": fingerprint(image_path, mode=fingerprint_mode),
+            "fingerprint": fingerprint(image_path, mode=fingerprint_mode, index_dir=cache.dir / INDEX_DIR),
             "axes": image.axes, "shape": list(image.shape), "dtype": str(image.dtype), "channel": channel,
         }
         key = cache_key({
             "image": identity, "model": model_identity(model), "plan": the_plan.to_dict(), "merge": MERGE_SETTINGS,
             "result_format": RESULT_FORMAT_VERSION,
         })
-        cache = Cache(root_dir)
         hit = cache.lookup(model["family"], model["version"], key)
         job = {
             "format": JOB_FORMAT, "id": sample_id, "key": key,
