@@ -84,7 +84,9 @@ def _check_input(a):
     # messages name that path, and relative image paths start from its folder.
     samples = samplesheet.read_samplesheet(Path(a.source or a.samplesheet))
     if a.outdir:
-        samplesheet.check_outputs_spare_inputs(samples, Path(a.outdir))
+        from .publish import check_targets
+        check_targets(samplesheet.inputs_by_row(samples), Path(a.outdir).absolute(),
+                      Path(a.root_dir).absolute() if a.root_dir else None)
     checked = samplesheet.check_samples(samples, open_images=not a.no_open)
     samplesheet.write_checked(checked, Path(a.out))
     print(f"[aiod] {a.samplesheet}: {len(checked)} image(s) checked")
@@ -110,7 +112,8 @@ def _merge(a):
 def _finalize(a):
     from .steps.finalize import finalize
     finalize(job_json=Path(a.plan), result=Path(a.result) if a.result else None, sample_id=a.id,
-                   root_dir=Path(a.root_dir), tiff=a.tiff)
+             root_dir=Path(a.root_dir), tiff=a.tiff, outdir=Path(a.outdir) if a.outdir else None,
+             publish_mode=a.publish_mode)
 
 
 def _demo_data(a):
@@ -161,7 +164,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--samplesheet", required=True)
     s.add_argument("--source", help="the samplesheet's original path, named in messages (relative image paths start from its folder)")
     s.add_argument("--no-open", action="store_true", help="check the CSV only, do not open images")
-    s.add_argument("--outdir", help="where results will be published: refuse ids whose results would replace an input")
+    s.add_argument("--outdir", help="where results will be published: refuse results that would touch an input or a file AIoD did not write")
+    s.add_argument("--root-dir", help="the cache's root: refused inside an input")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_check_input)
 
@@ -198,6 +202,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--id", required=True)
     s.add_argument("--root-dir", required=True)
     s.add_argument("--tiff", action="store_true")
+    s.add_argument("--outdir", help="publish the result here (docs/output.md); without it, only the task folder gets it")
+    s.add_argument("--publish-mode", default="copy", help="copy, copyNoFollow, symlink or link")
     s.set_defaults(func=_finalize)
 
     s = sub.add_parser("demo-data", help="write the built-in demo images, ground truth and samplesheet")

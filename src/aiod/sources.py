@@ -22,7 +22,7 @@ MAP_FILE = PACKAGE / "step_sources.json"
 STEPS: dict[str, list[str]] = {
     "RESOLVE_MODEL": ["models/__init__.py"],
     "FETCH_ARTIFACTS": ["artifacts.py"],
-    "CHECK_INPUT": ["samplesheet.py"],
+    "CHECK_INPUT": ["samplesheet.py", "publish.py"],
     "PLAN": ["steps/plan.py", "models/*.py"],
     "SEGMENT": ["steps/segment.py", "models/*.py"],
     "MERGE": ["steps/merge.py"],
