@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from .. import imageio, planner, substack_labels
+from .. import diskspace, imageio, planner, substack_labels
 from ..models import get_adapter, params_namespace
 from ..models.runtime import keep_libraries_out_of_home
 from . import artifact_path, log
@@ -30,6 +30,7 @@ def segment(*, job_json: Path, image_path: Path, index: int, out: Path) -> None:
     labels, _scores = adapter.segment(net, array, params, job["prepared"], job["image"]["scale"])
     del array
     seg_s = time.time() - started - load_s - read_s
+    diskspace.expect(out, labels.nbytes)  # at most: the labels before compression
     n_objects = substack_labels.write_substack_labels(
         out, labels, index, attrs={"load_seconds": load_s, "read_seconds": read_s, "segment_seconds": seg_s}, plan=the_plan)
     log(f"{job['id']} substack {index}: {n_objects} objects, "
