@@ -24,7 +24,8 @@ def segment(*, job_json: Path, image_path: Path, index: int, out: Path) -> None:
     started = time.time()
     net = adapter.load(artifact_path(model), (model.get("artifact") or {}).get("config", {}), params)
     load_s = time.time() - started
-    with imageio.open_image(image_path, axes=job["image"]["declared_axes"]) as image:
+    # the resolved path: a task sees a staged link, messages name the user's file
+    with imageio.open_image(Path(image_path).resolve(), axes=job["image"]["declared_axes"]) as image:
         array = image.read(sub.box_slices, job["image"]["channel"])
     read_s = time.time() - started - load_s
     labels, _scores = adapter.segment(net, array, params, job["prepared"], job["image"]["scale"])
