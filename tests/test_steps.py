@@ -219,3 +219,18 @@ def test_evaluate_without_a_published_mask_names_it(tmp_path):
     (tmp_path / "s.csv").write_text("id,image,ground_truth\na,img.tif,img.tif\n")
     with pytest.raises(InputError, match="a.ome.zarr: no published mask for 'a'"):
         evaluate.evaluate(tmp_path / "res", tmp_path / "s.csv")
+
+
+def test_segment_names_the_image_and_the_chunk_that_planning_did_not_read(tmp_path, model_json, capsys):
+    import zarr
+    array = zarr.create_array(tmp_path / "img.zarr", shape=(64, 64), dtype="uint16", chunks=(32, 32))
+    array[:] = 100
+    plan(tmp_path, tmp_path / "img.zarr", model_json)
+    (tmp_path / "img.zarr" / "c" / "1" / "1").write_bytes(b"damaged after planning")
+    capsys.readouterr()
+    code = cli.main(["segment", "--plan", str(tmp_path / "plan.json"), "--image", str(tmp_path / "img.zarr"),
+                     "--index", "3", "--out", str(tmp_path / "s3.zarr")])
+    lines = capsys.readouterr().err.splitlines()
+    assert code == EXIT_CODE and len(lines) == 1
+    assert lines[0].startswith(f"AIOD ERROR: {tmp_path / 'img.zarr'}: chunk 'c/1/1' cannot be decoded (")
+    assert not (tmp_path / "s3.zarr").exists()

@@ -1,5 +1,6 @@
 """`aiod`: the command line of the package. Each subcommand parses its arguments and calls one
-function; errors a person can fix print one line, `AIOD ERROR: <message>`, and exit 65."""
+function; errors a person can fix print one line, `AIOD ERROR: <message>`, and exit 65 (a full
+disk or quota too: diskspace.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from . import diskspace
 from .errors import EXIT_CODE, AiodError, ModelError
 
 
@@ -217,10 +219,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _written_path(a) -> Path | None:
+    """Where a step writes (for a disk-full message when the error names no file)."""
+    for name in ("out", "root_dir", "outdir", "results"):
+        if getattr(a, name, None):
+            return Path(getattr(a, name))
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    diskspace.reset()
     try:
         return args.func(args) or 0
     except AiodError as exc:
         print(f"AIOD ERROR: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CODE
+    except Exception as exc:
+        full = diskspace.full_error(exc)
+        if full is None:
+            raise
+        print(f"AIOD ERROR: {diskspace.message(full, _written_path(args))}", file=sys.stderr, flush=True)
         return EXIT_CODE
