@@ -59,10 +59,55 @@ def helpText(File schemaFile) {
     return lines.join('\n')
 }
 
+// Every parameter checked against nextflow_schema.json before any task starts: unknown names,
+// types and enums. Returns the first problem as one line, or null.
+def paramProblem(File schemaFile, Map given) {
+    def specs = [:]
+    new groovy.json.JsonSlurper().parse(schemaFile)['$defs'].each { group_name, group -> specs.putAll(group.properties) }
+    for (entry in given) {
+        def name = entry.key
+        def value = entry.value
+        def spec = specs[name]
+        if (spec == null) {
+            def close = specs.keySet().min { known -> editDistance(known, name) }
+            def hint = editDistance(close, name) <= 3 ? " (did you mean --${close}?)" : ''
+            return "unknown parameter --${name}${hint}; see nextflow run main.nf --help"
+        }
+        if (value == null) {
+            continue
+        }
+        if (spec.type == 'boolean' && !(value instanceof Boolean)) {
+            return "--${name} '${value}': expected true or false"
+        }
+        if (spec.type == 'string' && (value instanceof Boolean)) {
+            return "--${name}: expected a value (${spec.description})"
+        }
+        if (spec.enum && !(value.toString() in spec.enum)) {
+            return "--${name} '${value}': expected one of ${spec.enum.join(', ')}"
+        }
+    }
+    return null
+}
+
+def editDistance(String a, String b) {
+    def row = (0..b.length()).toList()
+    a.eachWithIndex { ca, i ->
+        def next = [i + 1]
+        b.eachWithIndex { cb, j -> next << [row[j + 1] + 1, next[j] + 1, row[j] + (ca == cb ? 0 : 1)].min() }
+        row = next
+    }
+    return row[b.length()]
+}
+
 workflow {
+    def schemaFile = file("${projectDir}/nextflow_schema.json").toFile()
     if (params.help) {
-        log.info(helpText(file("${projectDir}/nextflow_schema.json").toFile()))
+        log.info(helpText(schemaFile))
         return
+    }
+    def problem = paramProblem(schemaFile, params)
+    if (problem) {
+        error("AIOD ERROR: ${problem}")
     }
     if (!params.input) {
         error("AIOD ERROR: --input is required: a CSV samplesheet with columns id,image[,axes,channel,ground_truth] (see docs/usage.md)")

@@ -46,11 +46,12 @@ def test_steps_from_plan_to_cache_and_back(tmp_path, image, model_json, monkeypa
         subs.append(tmp_path / f"s{i}.zarr")
     manifest = merge_step.merge_result(job_json=tmp_path / "plan.json", substacks=subs, out=tmp_path / "result")
     assert manifest["n_objects"] == len(np.unique(gt)) - 1
-    (tmp_path / "publish").mkdir()
-    monkeypatch.chdir(tmp_path / "publish")
+    (tmp_path / "task").mkdir()
+    monkeypatch.chdir(tmp_path / "task")
     record = finalize_step.finalize(job_json=tmp_path / "plan.json", result=tmp_path / "result", sample_id="img",
-                            root_dir=tmp_path / "root", tiff=True)
-    assert record["cache_hit"] is False
+                            root_dir=tmp_path / "root", tiff=True, outdir=tmp_path / "publish")
+    assert record["cache_hit"] is False and record["format"] == "aiod-record/1"
+    assert json.loads((tmp_path / "task" / "img.json").read_text()) == record
     mask = np.asarray(ngff.open_labels(tmp_path / "publish" / "img.ome.zarr")[...])
     assert metrics.match_labels(gt, mask).f1 >= 0.95
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "publish" / "img.tif"), mask)
@@ -171,7 +172,8 @@ def test_results_that_would_replace_an_input_image_are_refused(tmp_path, image, 
     code = cli.main(["check-input", "--samplesheet", str(tmp_path / "images.csv"), "--outdir", str(tmp_path),
                      "--out", str(tmp_path / "samples.csv")])
     assert code == EXIT_CODE
-    assert f"{tmp_path / 'images.csv'}: line 2: column 'id': the result '{image_path}' would replace an input image" in capsys.readouterr().err
+    assert (f"{tmp_path / 'images.csv'}: line 2: column 'id': the result '{image_path}' would replace the input "
+            f"'{image_path}' ({tmp_path / 'images.csv'}: line 2: column 'id')") in capsys.readouterr().err
     assert image_path.read_bytes() == before and not (tmp_path / "samples.csv").exists()
 
 
@@ -217,3 +219,18 @@ def test_evaluate_without_a_published_mask_names_it(tmp_path):
     (tmp_path / "s.csv").write_text("id,image,ground_truth\na,img.tif,img.tif\n")
     with pytest.raises(InputError, match="a.ome.zarr: no published mask for 'a'"):
         evaluate.evaluate(tmp_path / "res", tmp_path / "s.csv")
+
+
+def test_segment_names_the_image_and_the_chunk_that_planning_did_not_read(tmp_path, model_json, capsys):
+    import zarr
+    array = zarr.create_array(tmp_path / "img.zarr", shape=(64, 64), dtype="uint16", chunks=(32, 32))
+    array[:] = 100
+    plan(tmp_path, tmp_path / "img.zarr", model_json)
+    (tmp_path / "img.zarr" / "c" / "1" / "1").write_bytes(b"damaged after planning")
+    capsys.readouterr()
+    code = cli.main(["segment", "--plan", str(tmp_path / "plan.json"), "--image", str(tmp_path / "img.zarr"),
+                     "--index", "3", "--out", str(tmp_path / "s3.zarr")])
+    lines = capsys.readouterr().err.splitlines()
+    assert code == EXIT_CODE and len(lines) == 1
+    assert lines[0].startswith(f"AIOD ERROR: {tmp_path / 'img.zarr'}: chunk 'c/1/1' cannot be decoded (")
+    assert not (tmp_path / "s3.zarr").exists()

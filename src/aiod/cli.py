@@ -1,5 +1,6 @@
 """`aiod`: the command line of the package. Each subcommand parses its arguments and calls one
-function; errors a person can fix print one line, `AIOD ERROR: <message>`, and exit 65."""
+function; errors a person can fix print one line, `AIOD ERROR: <message>`, and exit 65 (a full
+disk or quota too: diskspace.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from . import diskspace
 from .errors import EXIT_CODE, AiodError, ModelError
 
 
@@ -84,7 +86,9 @@ def _check_input(a):
     # messages name that path, and relative image paths start from its folder.
     samples = samplesheet.read_samplesheet(Path(a.source or a.samplesheet))
     if a.outdir:
-        samplesheet.check_outputs_spare_inputs(samples, Path(a.outdir))
+        from .publish import check_targets
+        check_targets(samplesheet.inputs_by_row(samples), Path(a.outdir).absolute(),
+                      Path(a.root_dir).absolute() if a.root_dir else None)
     checked = samplesheet.check_samples(samples, open_images=not a.no_open)
     samplesheet.write_checked(checked, Path(a.out))
     print(f"[aiod] {a.samplesheet}: {len(checked)} image(s) checked")
@@ -110,7 +114,8 @@ def _merge(a):
 def _finalize(a):
     from .steps.finalize import finalize
     finalize(job_json=Path(a.plan), result=Path(a.result) if a.result else None, sample_id=a.id,
-                   root_dir=Path(a.root_dir), tiff=a.tiff)
+             root_dir=Path(a.root_dir), tiff=a.tiff, outdir=Path(a.outdir) if a.outdir else None,
+             publish_mode=a.publish_mode)
 
 
 def _demo_data(a):
@@ -161,7 +166,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--samplesheet", required=True)
     s.add_argument("--source", help="the samplesheet's original path, named in messages (relative image paths start from its folder)")
     s.add_argument("--no-open", action="store_true", help="check the CSV only, do not open images")
-    s.add_argument("--outdir", help="where results will be published: refuse ids whose results would replace an input")
+    s.add_argument("--outdir", help="where results will be published: refuse results that would touch an input or a file AIoD did not write")
+    s.add_argument("--root-dir", help="the cache's root: refused inside an input")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_check_input)
 
@@ -199,6 +205,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--id", required=True)
     s.add_argument("--root-dir", required=True)
     s.add_argument("--tiff", action="store_true")
+    s.add_argument("--outdir", help="publish the result here (docs/output.md); without it, only the task folder gets it")
+    s.add_argument("--publish-mode", default="copy", help="copy, copyNoFollow, symlink or link")
     s.set_defaults(func=_finalize)
 
     s = sub.add_parser("demo-data", help="write the built-in demo images, ground truth and samplesheet")
@@ -212,10 +220,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _written_path(a) -> Path | None:
+    """Where a step writes (for a disk-full message when the error names no file)."""
+    for name in ("out", "root_dir", "outdir", "results"):
+        if getattr(a, name, None):
+            return Path(getattr(a, name))
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    diskspace.reset()
     try:
         return args.func(args) or 0
     except AiodError as exc:
         print(f"AIOD ERROR: {exc}", file=sys.stderr, flush=True)
+        return EXIT_CODE
+    except Exception as exc:
+        full = diskspace.full_error(exc)
+        if full is None:
+            raise
+        print(f"AIOD ERROR: {diskspace.message(full, _written_path(args))}", file=sys.stderr, flush=True)
         return EXIT_CODE

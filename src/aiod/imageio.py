@@ -9,6 +9,10 @@ metadata (OME/ImageJ TIFF axes, NGFF axis names, zarr v3 dimension names), and l
 by dimension count: 2 -> YX, 3 -> ZYX. Size-1 T and C axes are dropped; a T axis longer than 1
 is refused (time series are not supported yet).
 
+Images that cannot give a true result are refused with one line naming the file (imagecheck.py):
+from the header when opened (empty axes, complex pixels, a cut TIFF), and while a box is read
+(undecodable chunks, NaN or +-inf pixels).
+
 The image's identity for the cache is in fingerprint.py.
 """
 
@@ -22,20 +26,12 @@ import tifffile
 import zarr
 
 from .errors import InputError
+from .imagecheck import bad_chunk, box_text, check_pixels, check_tiff_extent, dims, reason, refuse_non_finite
 
 AXIS_LETTERS = "TCZYX"
 CANONICAL = "CZYX"
 TIFF_SUFFIXES = (".tif", ".tiff")  # also matches .ome.tif / .ome.tiff
 ZARR_META = ("zarr.json", ".zarray", ".zgroup", ".zattrs")
-
-
-def _dims(shape) -> str:
-    return "x".join(str(n) for n in shape)
-
-
-def _reason(exc: Exception) -> str:
-    """A library's error as one line (messages must stay on one line)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def check_axes(axes: str, what: str = "axes") -> str:
@@ -76,9 +72,10 @@ class ImageSource:
     """
 
     def __init__(self, path: Path, array, stored_axes: str, scale_by_axis: dict | None,
-                 closers=()):
+                 closers=(), is_zarr: bool = False):
         self.path = path
         self._array = array
+        self._is_zarr = is_zarr
         self._closers = list(closers)
         self.source_axes = stored_axes
         stored_shape = tuple(int(n) for n in array.shape)
@@ -87,7 +84,7 @@ class ImageSource:
         if sizes.get("T", 1) > 1:
             self.close()
             raise InputError(f"{path}: image has {sizes['T']} timepoints (axes {stored_axes}, "
-                             f"shape {_dims(stored_shape)}); time series are not supported yet: "
+                             f"shape {dims(stored_shape)}); time series are not supported yet: "
                              "split timepoints into separate images")
         kept = [a for a in stored_axes if a != "T" and not (a == "C" and sizes[a] == 1)]
         self.axes = "".join(a for a in CANONICAL if a in kept)
@@ -135,15 +132,30 @@ class ImageSource:
                 index.append(slice(None) if channel is None else channel)
             else:  # size-1 T or C
                 index.append(0)
-        out = self._array[tuple(index)]
+        try:
+            out = self._array[tuple(index)]
+        except MemoryError:
+            raise
+        except Exception as e:  # codecs raise many types for bytes that do not decode
+            raise InputError(self._undecodable(tuple(index), by_axis, e)) from None
         if isinstance(self._array, np.memmap):
             out = np.array(out)  # a copy, so no view keeps the file mapped
+        if out.dtype.kind == "f":
+            refuse_non_finite(self.path, out, by_axis)
         kept = [a for a, i in zip(self.source_axes, index) if isinstance(i, slice)]
         order = [kept.index(a) for a in CANONICAL if a in kept]
         out = np.asarray(out).transpose(order)
         if not out.dtype.isnative:
             out = out.astype(self.dtype)
         return out
+
+    def _undecodable(self, index: tuple, by_axis: dict, exc: Exception) -> str:
+        """The message for a box read that failed: the chunk that does not decode (zarr), else
+        the box."""
+        key = bad_chunk(self._array, index) if self._is_zarr else None
+        if key is not None:
+            return f"{self.path}: chunk '{key}' cannot be decoded ({reason(exc)})"
+        return f"{self.path}: the pixels of box {box_text(by_axis)} cannot be decoded ({reason(exc)})"
 
     def close(self) -> None:
         while self._closers:
@@ -180,7 +192,7 @@ def _resolve_axes(path: Path, shape, declared: str | None, meta: str | None) -> 
             raise InputError(f"{path}: {e}") from None
         if len(declared) != ndim:
             raise InputError(f"{path}: declared axes '{declared}' have {len(declared)} letters "
-                             f"but the image has {ndim} dimensions (shape {_dims(shape)})")
+                             f"but the image has {ndim} dimensions (shape {dims(shape)})")
         return declared
     if meta is not None and len(meta) == ndim:
         return meta
@@ -189,11 +201,23 @@ def _resolve_axes(path: Path, shape, declared: str | None, meta: str | None) -> 
     if ndim == 3:
         return "ZYX"
     if ndim < 2:
-        raise InputError(f"{path}: image has {ndim} dimension(s) (shape {_dims(shape)}); "
+        raise InputError(f"{path}: image has {ndim} dimension(s) (shape {dims(shape)}); "
                          "expected at least 2 (Y and X)")
-    raise InputError(f"{path}: image has {ndim} dimensions (shape {_dims(shape)}) but no axes; "
+    raise InputError(f"{path}: image has {ndim} dimensions (shape {dims(shape)}) but no axes; "
                      "add an 'axes' column to the samplesheet, e.g. "
                      f"{'CZYX' if ndim == 4 else 'TCZYX'}")
+
+
+def _checked_axes(path: Path, shape, declared: str | None, meta: str | None, dtype) -> str:
+    """Stored axes (see _resolve_axes) of an image whose header passes check_pixels."""
+    try:
+        axes = _resolve_axes(path, shape, declared, meta)
+    except InputError:
+        if 0 in shape:  # the empty axis is the problem to name, not the axes
+            check_pixels(path, shape, None, dtype)
+        raise
+    check_pixels(path, shape, axes, dtype)
+    return axes
 
 
 def _ome_scale(tf: tifffile.TiffFile) -> dict | None:
@@ -214,7 +238,7 @@ def _tiff_file(path: Path) -> tifffile.TiffFile:
     try:
         tf = tifffile.TiffFile(path)
     except Exception as e:  # tifffile raises several types for corrupt or foreign files
-        raise InputError(f"{path}: cannot be read as TIFF ({_reason(e)})") from None
+        raise InputError(f"{path}: cannot be read as TIFF ({reason(e)})") from None
     if not tf.series:
         tf.close()
         raise InputError(f"{path}: cannot be read as TIFF (no image series in the file)")
@@ -226,7 +250,8 @@ def _open_tiff(path: Path, declared: str | None) -> ImageSource:
     try:
         series = tf.series[0]
         shape, meta_axes = tuple(series.shape), _metadata_axes(series.axes)
-        axes = _resolve_axes(path, shape, declared, meta_axes)
+        axes = _checked_axes(path, shape, declared, meta_axes, series.dtype)
+        check_tiff_extent(path, tf, series)
         scale = _ome_scale(tf) if declared is None or declared.upper() == meta_axes else None
         if series.dataoffset is not None and not series.transform:
             dtype = np.dtype(series.dtype).newbyteorder(tf.byteorder)
@@ -264,7 +289,7 @@ def _zarr_level0(path: Path):
     try:
         node = zarr.open(store=str(path), mode="r")
     except Exception as e:
-        raise InputError(f"{path}: cannot be read as zarr ({_reason(e)})") from None
+        raise InputError(f"{path}: cannot be read as zarr ({reason(e)})") from None
     if isinstance(node, zarr.Array):
         names = getattr(node.metadata, "dimension_names", None)
         axes = _metadata_axes("".join(names)) if names and all(
@@ -304,7 +329,7 @@ def open_image(path, axes: str | None = None) -> ImageSource:
     if kind == "tiff":
         return _open_tiff(path, axes)
     array, meta, scale = _zarr_level0(path)
-    stored = _resolve_axes(path, array.shape, axes, meta)
+    stored = _checked_axes(path, tuple(array.shape), axes, meta, array.dtype)
     if axes is not None and check_axes(axes) != meta:
         scale = None
-    return ImageSource(path, array, stored, scale)
+    return ImageSource(path, array, stored, scale, is_zarr=True)

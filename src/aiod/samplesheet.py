@@ -237,17 +237,8 @@ def write_checked(checked: list[CheckedSample], out_csv) -> None:
 
 
 
-OUTPUT_SUFFIXES = (".ome.zarr", ".json", ".tif")
-
-
-def check_outputs_spare_inputs(samples: list[Sample], outdir: Path) -> None:
-    """Refuse a run whose published files (<outdir>/<id>.ome.zarr, .json, .tif) would replace
-    one of its own input images or ground truths: inputs are never modified."""
-    inputs = {p.resolve() for s in samples for p in (s.image, s.ground_truth) if p is not None}
-    outdir = Path(outdir).resolve()
-    for s in samples:
-        for suffix in OUTPUT_SUFFIXES:
-            target = outdir / f"{s.id}{suffix}"
-            if target in inputs:
-                raise SamplesheetError(f"{_where(s.source, s.line, 'id')}: the result '{target}' would replace an input "
-                                       f"image; choose another --outdir or another id")
+def inputs_by_row(samples: list[Sample]) -> list[tuple[str, list[Path], str]]:
+    """(id, the row's input paths, where the row is) per sample: what a run must never touch
+    (aiod.publish.check_targets)."""
+    return [(s.id, [p for p in (s.image, s.ground_truth) if p is not None], _where(s.source, s.line, "id"))
+            for s in samples]

@@ -7,9 +7,8 @@ process FINALIZE {
     val code                                   // digest of the Python files this step runs: a change reruns the task
 
     output:
-    tuple val(meta), path("${meta.id}.ome.zarr"), emit: labels
-    tuple val(meta), path("${meta.id}.json"), emit: record
-    tuple val(meta), path("${meta.id}.tif"), optional: true, emit: tiff
+    tuple val(meta), path("${meta.id}.ome.zarr"), emit: labels   // a link to the cache entry's labels
+    tuple val(meta), path("${meta.id}.json"), emit: record       // the record, as published (ext.args --outdir)
 
     script:
     def args = task.ext.args ?: ''

@@ -1,4 +1,4 @@
-"""`aiod finalize`: move a merged result into the cache (or find it there) and lay out what is published."""
+"""`aiod finalize`: move a merged result into the cache (or find it there) and publish it."""
 
 from __future__ import annotations
 
@@ -6,14 +6,17 @@ import json
 import os
 from pathlib import Path
 
-from .. import __version__, ngff
+from .. import __version__, ngff, publish
 from ..cache import Cache
 from ..errors import AiodError
 from . import log
 
 
-def finalize(*, job_json: Path, result: Path | None, sample_id: str, root_dir: Path, tiff: bool, workdir: Path = Path(".")) -> dict:
-    """Move a merged result into the cache (or find it there) and lay out what is published."""
+def finalize(*, job_json: Path, result: Path | None, sample_id: str, root_dir: Path, tiff: bool,
+             outdir: Path | None = None, publish_mode: str = "copy", workdir: Path = Path(".")) -> dict:
+    """Move a merged result into the cache (or find it there) and publish it into `outdir`
+    (docs/output.md; the rules in aiod.publish). The task folder keeps a link to the cache
+    entry's labels and the record, for the pipeline's later steps and its summary."""
     job = json.loads(Path(job_json).read_text())
     family, version, key = job["model"]["family"], job["model"]["version"], job["key"]
     cache = Cache(root_dir)
@@ -26,17 +29,22 @@ def finalize(*, job_json: Path, result: Path | None, sample_id: str, root_dir: P
             raise AiodError(f"{sample_id}: the cached result {job['cache_entry']} is gone since this run was planned; "
                             "run again without -resume to compute it")
     manifest = json.loads((entry / "manifest.json").read_text())
+    labels = entry / "labels.ome.zarr"
     link = Path(workdir) / f"{sample_id}.ome.zarr"
     if link.is_symlink() or link.exists():
         link.unlink()
-    os.symlink(entry / "labels.ome.zarr", link)
-    if tiff:
-        ngff.export_tiff(entry / "labels.ome.zarr", manifest["labels"]["name"], Path(workdir) / f"{sample_id}.tif")
+    os.symlink(labels, link)
     record = {
         "id": sample_id, "image": job["image"]["path"], "model": job["model"], "key": key,
         "cache_hit": result is None, "cache_entry": str(entry), "n_objects": manifest["n_objects"],
         "labels": manifest["labels"], "aiod_version": __version__,
     }
+    if outdir is not None:
+        writer = (lambda path: ngff.export_tiff(labels, manifest["labels"]["name"], path)) if tiff else None
+        written = publish.publish(outdir=Path(outdir), sample_id=sample_id, labels=labels, record=record,
+                                  mode=publish_mode, tiff_writer=writer)
+        record = json.loads(written[".json"].read_text())
     (Path(workdir) / f"{sample_id}.json").write_text(json.dumps(record, indent=2))
-    log(f"{sample_id}: {manifest['n_objects']} objects, {'from the cache' if result is None else 'stored in the cache'}: {entry}")
+    log(f"{sample_id}: {manifest['n_objects']} objects, {'from the cache' if result is None else 'stored in the cache'}: {entry}"
+        + (f"; published to {outdir}" if outdir is not None else ""))
     return record

@@ -32,8 +32,9 @@ def plan(*, image_path: Path, sample_id: str, axes: str | None, channel: int | N
     model = json.loads(Path(model_json).read_text())
     adapter, params = get_adapter(model["adapter"]), params_namespace(model)
     artifact = model.get("artifact") or {}
-    with imageio.open_image(image_path, axes=axes) as image:
-        _check_model_fits_image(model, image, channel, image_path)
+    # the resolved path: a task sees a staged link, messages name the user's file
+    with imageio.open_image(Path(image_path).resolve(), axes=axes) as image:
+        _check_model_fits_image(model, image, channel, image.path)
         ndim = len(image.spatial_shape)
         requested = planner.parse_num_substacks(num_substacks, ndim)
         halo = planner.parse_overlap(overlap, ndim)

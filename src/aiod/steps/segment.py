@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from .. import imageio, planner, substack_labels
+from .. import diskspace, imageio, planner, substack_labels
 from ..models import get_adapter, params_namespace
 from ..models.runtime import keep_libraries_out_of_home
 from . import artifact_path, log
@@ -24,12 +24,14 @@ def segment(*, job_json: Path, image_path: Path, index: int, out: Path) -> None:
     started = time.time()
     net = adapter.load(artifact_path(model), (model.get("artifact") or {}).get("config", {}), params)
     load_s = time.time() - started
-    with imageio.open_image(image_path, axes=job["image"]["declared_axes"]) as image:
+    # the resolved path: a task sees a staged link, messages name the user's file
+    with imageio.open_image(Path(image_path).resolve(), axes=job["image"]["declared_axes"]) as image:
         array = image.read(sub.box_slices, job["image"]["channel"])
     read_s = time.time() - started - load_s
     labels, _scores = adapter.segment(net, array, params, job["prepared"], job["image"]["scale"])
     del array
     seg_s = time.time() - started - load_s - read_s
+    diskspace.expect(out, labels.nbytes)  # at most: the labels before compression
     n_objects = substack_labels.write_substack_labels(
         out, labels, index, attrs={"load_seconds": load_s, "read_seconds": read_s, "segment_seconds": seg_s}, plan=the_plan)
     log(f"{job['id']} substack {index}: {n_objects} objects, "

@@ -1,0 +1,184 @@
+"""What a run writes into --outdir, and the rules that keep the user's files safe.
+
+A run publishes, per image, `<id>.ome.zarr` (the mask), `<id>.tif` (with --save_tiff) and last
+`<id>.json` (the run's record). Three rules:
+
+- **Inputs are never touched.** No published path may be an input, contain one, or lie inside
+  one (an --outdir inside an input Zarr included): such a run is refused before any work
+  (`check_targets`, run by CHECK_INPUT).
+- **Only AIoD's own results are replaced.** A path already at a target is replaced only when it
+  is a result that AIoD published before (its `<id>.json` record says so); anything else stops
+  the run with a line naming it.
+- **Complete or absent.** Each path is written under a hidden temporary name in --outdir and
+  renamed into place once whole; the record comes last. A run that fails half-way (a full disk,
+  a kill) leaves no half-written result under a published name.
+
+All paths given here are absolute: main.nf resolves the user's paths against the launch folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from .errors import AiodError
+
+SUFFIXES = (".ome.zarr", ".tif", ".json")   # written in this order: the record last
+RECORD_FORMAT = "aiod-record/1"
+MODES = ("copy", "copyNoFollow", "symlink", "link")
+TMP_PREFIX = ".aiod-partial-"
+
+
+def targets(outdir: Path, sample_id: str) -> dict[str, Path]:
+    return {suffix: Path(outdir) / f"{sample_id}{suffix}" for suffix in SUFFIXES}
+
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _overlap(target: Path, source: Path) -> str | None:
+    """How `target` would touch input `source`: None when it does not."""
+    t, s = _real(target), _real(source)
+    if t == s:
+        return "would replace"
+    if t.is_relative_to(s):
+        return "would be written inside"
+    if s.is_relative_to(t):
+        return "would replace a folder holding"
+    return None
+
+
+def is_aiod_record(path: Path) -> bool:
+    """True for a run record that AIoD published (this format, or the fields of the earlier one)."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and (
+        record.get("format") == RECORD_FORMAT or {"id", "key", "cache_entry", "aiod_version"} <= record.keys())
+
+
+def _listed(record_path: Path) -> set[str] | None:
+    """The suffixes an AIoD record at `record_path` says it published; None when it is not one."""
+    if not is_aiod_record(record_path):
+        return None
+    record = json.loads(Path(record_path).read_text())
+    return set(record.get("published") or SUFFIXES) | {".json"}   # records before "published": all of them
+
+
+def foreign(outdir: Path, sample_id: str) -> Path | None:
+    """The first path at one of this image's targets that AIoD did not publish, else None."""
+    paths = targets(outdir, sample_id)
+    listed = _listed(paths[".json"]) or set()
+    for suffix, path in paths.items():
+        if (path.is_symlink() or path.exists()) and suffix not in listed:
+            return path
+    return None
+
+
+def check_targets(ids_and_inputs: list[tuple[str, list[Path], str]], outdir: Path, root_dir: Path | None = None) -> None:
+    """Refuse, before any work, a run whose results would touch an input or a file it did not
+    write. `ids_and_inputs`: (sample id, its input paths, where the row is, for messages)."""
+    outdir = Path(outdir)
+    inputs = [(p, where) for _, paths, where in ids_and_inputs for p in paths]
+    for p, where in inputs:
+        if _real(outdir).is_relative_to(_real(p)) and _real(outdir) != _real(p):
+            raise AiodError(f"--outdir {outdir}: lies inside the input {p} ({where}); results are never written into an "
+                            "input: choose another --outdir")
+        if root_dir is not None and _real(root_dir).is_relative_to(_real(p)):
+            raise AiodError(f"--root_dir {root_dir}: lies inside the input {p} ({where}); choose another --root_dir")
+    for sample_id, _, where in ids_and_inputs:
+        for target in targets(outdir, sample_id).values():
+            for p, p_where in inputs:
+                how = _overlap(target, p)
+                if how:
+                    raise AiodError(f"{where}: the result '{target}' {how} the input '{p}' ({p_where}); "
+                                    "inputs are never modified: choose another --outdir or another id")
+        other = foreign(outdir, sample_id)
+        if other is not None:
+            raise AiodError(f"{where}: '{other}' already exists and is not a result AIoD published; it is never "
+                            "overwritten: move it away, or choose another --outdir or another id")
+
+
+def publish(*, outdir: Path, sample_id: str, labels: Path, record: dict, mode: str, tiff_writer=None) -> dict[str, Path]:
+    """Publish one image's result into `outdir`: labels (a cache entry's OME-Zarr) by `mode`,
+    the TIFF (`tiff_writer(path)` writes it) when asked, then the record. Returns what was
+    written. Raises AiodError when a target holds something AIoD did not publish."""
+    if mode not in MODES:
+        raise AiodError(f"--publish_mode '{mode}': expected one of {', '.join(MODES)}")
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    other = foreign(outdir, sample_id)
+    if other is not None:
+        raise AiodError(f"'{other}' already exists and is not a result AIoD published; it is never overwritten: move "
+                        "it away, or choose another --outdir")
+    paths = targets(outdir, sample_id)
+    staged: dict[str, Path] = {}
+    try:
+        staged[".ome.zarr"] = _stage(paths[".ome.zarr"], lambda tmp: _put_tree(Path(labels), tmp, mode))
+        if tiff_writer is not None:
+            staged[".tif"] = _stage(paths[".tif"], tiff_writer)
+        published = {suffix: str(paths[suffix]) for suffix in staged}
+        record = {"format": RECORD_FORMAT, **record, "published": published}
+        staged[".json"] = _stage(paths[".json"], lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
+        if ".tif" not in staged and (paths[".tif"].is_symlink() or paths[".tif"].exists()):
+            _remove(paths[".tif"])  # an earlier run's TIFF (foreign() let it pass) must not sit beside this result
+        for suffix in SUFFIXES:  # everything is written: now only renames, the record last
+            if suffix in staged:
+                _swap_in(staged.pop(suffix), paths[suffix])
+    finally:
+        for tmp in staged.values():
+            _remove(tmp)
+    return {suffix: paths[suffix] for suffix in published} | {".json": paths[".json"]}
+
+
+def _stage(target: Path, write) -> Path:
+    """Write what goes to `target` under a hidden name beside it; return that name."""
+    tmp = target.with_name(f"{TMP_PREFIX}{target.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        write(tmp)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return tmp
+
+
+def _put_tree(source: Path, tmp: Path, mode: str) -> None:
+    if mode == "symlink":
+        os.symlink(_real(source), tmp)
+    elif mode == "link":
+        try:
+            shutil.copytree(source, tmp, copy_function=os.link)
+        except shutil.Error as exc:
+            raise AiodError(f"--publish_mode link: cannot hard-link the cache entry {source} into {tmp.parent} "
+                            f"(different filesystems?); use copy or symlink ({exc.args[0][0][2] if exc.args else exc})") from None
+    else:  # copy, copyNoFollow: the cache holds no links, both copy the bytes
+        shutil.copytree(source, tmp, symlinks=(mode == "copyNoFollow"))
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Rename a staged path into place; an earlier AIoD result there is swapped out, then removed."""
+    old = None
+    if target.is_symlink() or target.exists():
+        old = target.with_name(f"{TMP_PREFIX}{target.name}.old.{uuid.uuid4().hex[:8]}")
+        os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        if old is not None:
+            os.rename(old, target)
+        raise
+    if old is not None:
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """Delete a published path: a link is unlinked (never followed into the cache)."""
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.exists():
+        shutil.rmtree(path, ignore_errors=True)
