@@ -21,9 +21,9 @@ def finalize(*, job_json: Path, result: Path | None, sample_id: str, root_dir: P
     if result is not None:
         entry = cache.commit(Path(result), family, version, key)
     else:
-        entry = cache.lookup(family, version, key)
+        entry = cache.lookup(family, version, key)  # re-checks that every file is there before publishing
         if entry is None:
-            raise AiodError(f"{sample_id}: the cached result {job['cache_entry']} is gone since this run was planned; "
+            raise AiodError(f"{sample_id}: the cached result {job['cache_entry']} is gone or damaged since this run was planned; "
                             "run again without -resume to compute it")
     manifest = json.loads((entry / "manifest.json").read_text())
     link = Path(workdir) / f"{sample_id}.ome.zarr"
