@@ -141,7 +141,7 @@ def test_unreadable_memory_size_is_refused():
 def test_finalize_of_a_vanished_cache_entry_says_what_to_do(tmp_path, image, model_json):
     image_path, _ = image
     plan(tmp_path, image_path, model_json)
-    with pytest.raises(Exception, match="is gone since this run was planned; run again without -resume"):
+    with pytest.raises(Exception, match="is gone or damaged since this run was planned; run again without -resume"):
         finalize_step.finalize(job_json=tmp_path / "plan.json", result=None, sample_id="img", root_dir=tmp_path / "root", tiff=False)
 
 
@@ -217,3 +217,33 @@ def test_evaluate_without_a_published_mask_names_it(tmp_path):
     (tmp_path / "s.csv").write_text("id,image,ground_truth\na,img.tif,img.tif\n")
     with pytest.raises(InputError, match="a.ome.zarr: no published mask for 'a'"):
         evaluate.evaluate(tmp_path / "res", tmp_path / "s.csv")
+
+
+def fake_result(folder):
+    (folder / "labels.ome.zarr").mkdir(parents=True)
+    (folder / "labels.ome.zarr" / "chunk").write_bytes(b"labels")
+    (folder / "manifest.json").write_text(json.dumps({"n_objects": 3, "labels": {"name": "x"}}))
+    return folder
+
+
+def test_plan_of_a_miss_claims_the_key_and_finalize_releases_it_after_commit(tmp_path, image, model_json, monkeypatch):
+    job = plan(tmp_path, image[0], model_json)
+    claim = tmp_path / "root" / "aiod_cache" / ".claims" / "classical" / "nuclei_masks" / job["key"]
+    assert job["claim"]["path"] == str(claim) and json.loads(claim.read_text())["token"] == job["claim"]["token"]
+    monkeypatch.chdir(tmp_path)
+    finalize_step.finalize(job_json=tmp_path / "plan.json", result=fake_result(tmp_path / "r"), sample_id="img",
+                           root_dir=tmp_path / "root", tiff=False)
+    assert not claim.exists()
+
+
+def test_plan_with_verify_cache_recomputes_an_entry_whose_bytes_changed(tmp_path, image, model_json, monkeypatch, capsys):
+    job = plan(tmp_path, image[0], model_json)
+    monkeypatch.chdir(tmp_path)
+    finalize_step.finalize(job_json=tmp_path / "plan.json", result=fake_result(tmp_path / "r"), sample_id="img",
+                           root_dir=tmp_path / "root", tiff=False)
+    (tmp_path / "root" / "aiod_cache" / "classical" / "nuclei_masks" / job["key"] / "labels.ome.zarr" / "chunk").write_bytes(b"LABELS")
+    plan(tmp_path, image[0], model_json, name="hit.json")
+    assert (tmp_path / "hit.status").read_text() == "hit 4\n"
+    plan(tmp_path, image[0], model_json, name="verified.json", verify_cache=True)
+    assert (tmp_path / "verified.status").read_text() == "miss 4\n"
+    assert "labels.ome.zarr/chunk does not match its blake2b checksum" in capsys.readouterr().err

@@ -94,7 +94,8 @@ def _plan(a):
     from .steps.plan import plan
     plan(image_path=Path(a.image), sample_id=a.id, axes=a.axes, channel=a.channel, model_json=Path(a.model),
                num_substacks=a.num_substacks, overlap=a.overlap, substack_memory=a.substack_memory,
-               root_dir=Path(a.root_dir), fingerprint_mode=a.fingerprint, out=Path(a.out))
+               root_dir=Path(a.root_dir), fingerprint_mode=a.fingerprint, out=Path(a.out), verify_cache=a.verify_cache,
+               claim_stale_seconds=a.claim_stale_seconds, claim_poll_seconds=a.claim_poll_seconds)
 
 
 def _segment(a):
@@ -176,6 +177,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--substack-memory", default="2 GB")
     s.add_argument("--root-dir", required=True)
     s.add_argument("--fingerprint", choices=("sample", "full"), default="sample")
+    s.add_argument("--verify-cache", action="store_true", help="check every checksum of a cached result before using it")
+    s.add_argument("--claim-stale-seconds", type=float, default=600.0,
+                   help="a run that claimed the key and gave no sign of life for this long is taken over")
+    s.add_argument("--claim-poll-seconds", type=float, default=5.0, help="how often to look while waiting for another run")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_plan)
 
