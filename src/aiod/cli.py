@@ -114,6 +114,24 @@ def _finalize(a):
                    root_dir=Path(a.root_dir), tiff=a.tiff)
 
 
+def _cache(a):
+    from . import cache_tools
+    root = Path(a.root_dir).expanduser()
+    if a.action == "info":
+        print(cache_tools.info(root, a.key))
+        return 0
+    if a.action == "verify":
+        lines, whole = cache_tools.verify(root, a.keys, a.all)
+        print("\n".join(lines))
+        return 0 if whole else 1
+    filters = cache_tools.Filters(a.family, a.version, a.image, a.older_than)
+    if a.action == "ls":
+        print(cache_tools.listing(root, filters))
+    else:
+        print("\n".join(cache_tools.clear(root, filters, a.yes, damaged=a.damaged)))
+    return 0
+
+
 def _demo_data(a):
     from . import demo
     demo.write_demo(Path(a.outdir))
@@ -204,6 +222,29 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--root-dir", required=True)
     s.add_argument("--tiff", action="store_true")
     s.set_defaults(func=_finalize)
+
+    s = sub.add_parser("cache", help="list, inspect, verify or clear the shared cache under a root_dir (docs/cache.md)")
+    actions = s.add_subparsers(dest="action", required=True)
+    for name, help_text in (("ls", "list results (size, age) and the size of each kind of thing under root_dir"),
+                            ("info", "what one result is: image, model, parameters, plan, timings, files"),
+                            ("verify", "check every checksum; damaged entries are moved aside and listed"),
+                            ("clear", "delete results by filter (a dry run unless --yes)")):
+        a = actions.add_parser(name, help=help_text)
+        a.add_argument("--root-dir", default="~/.nextflow/aiod")
+        if name in ("ls", "clear"):
+            a.add_argument("--family", help="only this model family")
+            a.add_argument("--version", help="only this model version")
+            a.add_argument("--image", help="only results of this image (samplesheet id or file name)")
+            a.add_argument("--older-than", help="only results older than this (e.g. 90s, 12h, 30d, 2w)")
+        if name == "info":
+            a.add_argument("key", help="a key, or a prefix of one that no other key has")
+        if name == "verify":
+            a.add_argument("keys", nargs="*", help="keys or unique prefixes to check")
+            a.add_argument("--all", action="store_true", help="check every entry")
+        if name == "clear":
+            a.add_argument("--damaged", action="store_true", help="delete the copies under .damaged/ instead of results")
+            a.add_argument("--yes", action="store_true", help="delete (without it, only list what would go)")
+        a.set_defaults(func=_cache)
 
     s = sub.add_parser("demo-data", help="write the built-in demo images, ground truth and samplesheet")
     s.add_argument("outdir")

@@ -27,3 +27,7 @@ class ModelError(AiodError):
 
 class PlanError(AiodError):
     """A substack split that cannot be made (bad count, overlap or memory budget)."""
+
+
+class CacheError(AiodError):
+    """A cache command that cannot be done as asked (unknown or ambiguous key, bad filter)."""
