@@ -4,6 +4,10 @@ error contract (one line, exit 65, nothing written)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,3 +251,22 @@ def test_plan_with_verify_cache_recomputes_an_entry_whose_bytes_changed(tmp_path
     plan(tmp_path, image[0], model_json, name="verified.json", verify_cache=True)
     assert (tmp_path / "verified.status").read_text() == "miss 4\n"
     assert "labels.ome.zarr/chunk does not match its blake2b checksum" in capsys.readouterr().err
+
+
+def test_a_second_run_planning_a_claimed_key_waits_and_then_takes_the_first_runs_result(tmp_path, image, model_json, monkeypatch):
+    plan(tmp_path, image[0], model_json)  # this test's process is the first run: it holds the key
+    log = tmp_path / "second.log"
+    second = subprocess.Popen(
+        [sys.executable, str(Path(cli.__file__).parents[2] / "bin" / "aiod"), "plan", "--id", "img", "--image", str(image[0]),
+         "--model", str(model_json), "--num-substacks", "2", "--overlap", "24", "--root-dir", str(tmp_path / "root"),
+         "--claim-poll-seconds", "0.1", "--out", str(tmp_path / "second.json")], stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while "waiting for the result" not in log.read_text() and second.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert second.poll() is None, log.read_text()
+    monkeypatch.chdir(tmp_path)
+    finalize_step.finalize(job_json=tmp_path / "plan.json", result=fake_result(tmp_path / "r"), sample_id="img",
+                           root_dir=tmp_path / "root", tiff=False)
+    assert second.wait(timeout=120) == 0
+    assert (tmp_path / "second.status").read_text() == "hit 4\n"
+    assert json.loads((tmp_path / "second.json").read_text())["claim"] is None
