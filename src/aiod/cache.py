@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import sys
 import time
 import uuid
@@ -47,6 +48,27 @@ Written by the AIoD pipeline. Safe to share between the users of a lab (one `--r
 - `configs/`, `project_configs/`: resolved model configs and saved run settings.
 - `work/`: Nextflow's work directory (`-resume` uses it); safe to delete when no run is active.
 """
+
+
+def share_with_group(root_dir: str | Path) -> bool:
+    """When root_dir is group-writable (a lab's shared folder), let this process create what the
+    group can write too (umask without group write): a second user of the lab then reuses and
+    extends the cache. Folders inherit a setgid root_dir's group. True when shared."""
+    try:
+        shared = bool(Path(root_dir).expanduser().stat().st_mode & stat.S_IWGRP)
+    except OSError:
+        return False
+    if shared:
+        os.umask(os.umask(0) & ~0o070)
+    return shared
+
+
+def _open_to_group(folder: Path) -> None:
+    """g+rw on every file, g+rwxs on every folder below (copies keep their sources' modes)."""
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            mode = path.stat().st_mode
+            path.chmod(mode | (0o2070 if path.is_dir() else 0o060))
 
 
 def cache_key(parts: dict) -> str:
@@ -104,6 +126,7 @@ class Cache:
     def __init__(self, root_dir: str | Path):
         self.root = Path(root_dir).expanduser().resolve()
         self.dir = self.root / CACHE_DIR
+        self.shared = share_with_group(self.root)
 
     def ensure(self) -> None:
         """Create the cache folder and the root's README (once)."""
@@ -155,6 +178,8 @@ class Cache:
             manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
             manifest["files"] = files
             manifest_path.write_text(json.dumps(manifest, indent=2))
+            if self.shared:
+                _open_to_group(tmp)
             for _attempt in range(3):
                 try:
                     os.rename(tmp, final)

@@ -31,6 +31,8 @@ def _resolve_model(a):
 
 def _fetch(a):
     from .artifacts import fetch
+    from .cache import share_with_group
+    share_with_group(a.root_dir)
     spec = json.loads(Path(a.model).read_text())
     spec["artifact"] = fetch(spec, Path(a.root_dir), attempts=a.attempts, backoff=a.backoff) if spec["locations"] else None
     Path(a.out).write_text(json.dumps(spec, indent=2))
