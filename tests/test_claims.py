@@ -7,10 +7,14 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 from aiod import claims
+
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def held_by(path, pid, age=0.0):
@@ -99,3 +103,18 @@ def test_heartbeat_leaves_a_claim_taken_over_by_another_run_alone(tmp_path):
     with claims.Heartbeat(tmp_path / "k", "mine", interval=0.05):
         time.sleep(0.2)
     assert time.time() - (tmp_path / "k").stat().st_mtime > 99
+
+
+def test_the_run_pid_is_the_nextflow_java_process_above_the_task(tmp_path):
+    java = tmp_path / "java"
+    java.symlink_to("/bin/sh")
+    code = "from aiod.claims import run_pid; print(run_pid())"
+    # like Nextflow's local executor: java (nextflow.cli.Launcher) -> shell -> the task's python
+    proc = subprocess.Popen([str(java), "-c", f"{sys.executable} -c '{code}'; true", "nextflow.cli.Launcher"],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
+    out, _ = proc.communicate(timeout=60)
+    assert int(out) == proc.pid
+
+
+def test_outside_nextflow_the_run_pid_is_the_process_itself():
+    assert claims.run_pid() == os.getpid()
