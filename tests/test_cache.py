@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -79,3 +80,80 @@ def test_ensure_writes_the_root_readme_once(tmp_path):
     readme.write_text("edited by the lab")
     cache.ensure()
     assert readme.read_text() == "edited by the lab"
+
+
+# Damaged entries: never a hit, moved aside (never deleted), never blocking their key.
+
+def committed(tmp_path, key="k"):
+    cache = Cache(tmp_path / "root")
+    entry = cache.commit(make_result(tmp_path / f"r-{key}", "one"), "classical", "nuclei", key)
+    return cache, entry
+
+
+def damaged_copies(cache):
+    return sorted((cache.dir / ".damaged" / "classical" / "nuclei").iterdir())
+
+
+def test_commit_records_size_and_checksum_of_every_file_but_the_manifest(tmp_path):
+    _cache, entry = committed(tmp_path)
+    files = json.loads((entry / "manifest.json").read_text())["files"]
+    assert files == {"labels.ome.zarr/data": {"size": 3, "blake2b": hashlib.blake2b(b"one").hexdigest()}}
+
+
+def test_commit_keeps_the_results_manifest_fields(tmp_path):
+    _cache, entry = committed(tmp_path)
+    assert json.loads((entry / "manifest.json").read_text())["marker"] == "one"
+
+
+def test_entry_with_a_missing_file_is_a_miss_and_is_moved_aside_with_a_warning(tmp_path, capsys):
+    cache, entry = committed(tmp_path)
+    (entry / "labels.ome.zarr" / "data").unlink()
+    assert cache.lookup("classical", "nuclei", "k") is None
+    assert not entry.exists()
+    [moved] = damaged_copies(cache)
+    assert moved.name.startswith("k-") and (moved / "manifest.json").is_file()
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"AIOD WARNING: damaged cache entry {entry}: labels.ome.zarr/data is missing; "
+                   f"moved to {moved}, the result will be computed again"]
+
+
+def test_entry_with_a_short_file_is_a_miss(tmp_path, capsys):
+    cache, entry = committed(tmp_path)
+    (entry / "labels.ome.zarr" / "data").write_text("on")
+    assert cache.lookup("classical", "nuclei", "k") is None
+    assert "labels.ome.zarr/data has 2 bytes, the manifest says 3" in capsys.readouterr().err
+
+
+def test_entry_with_a_changed_byte_is_a_hit_without_verify_and_a_miss_with_it(tmp_path, capsys):
+    cache, entry = committed(tmp_path)
+    (entry / "labels.ome.zarr" / "data").write_text("ONE")
+    assert cache.lookup("classical", "nuclei", "k") == entry
+    assert cache.lookup("classical", "nuclei", "k", verify=True) is None
+    assert "labels.ome.zarr/data does not match its blake2b checksum" in capsys.readouterr().err
+    assert len(damaged_copies(cache)) == 1
+
+
+def test_entry_with_a_truncated_manifest_is_a_miss(tmp_path, capsys):
+    cache, entry = committed(tmp_path)
+    text = (entry / "manifest.json").read_text()
+    (entry / "manifest.json").write_text(text[: len(text) // 2])
+    assert cache.lookup("classical", "nuclei", "k") is None
+    assert "manifest.json cannot be read (JSONDecodeError; truncated?)" in capsys.readouterr().err
+
+
+def test_entry_with_a_manifest_without_checksums_is_a_miss(tmp_path, capsys):
+    cache = Cache(tmp_path / "root")
+    make_result(cache.entry("classical", "nuclei", "k"), "old")
+    assert cache.lookup("classical", "nuclei", "k") is None
+    assert "manifest.json lists no files with checksums" in capsys.readouterr().err
+
+
+def test_entry_without_manifest_does_not_block_the_next_commit(tmp_path, capsys):
+    cache, entry = committed(tmp_path)
+    (entry / "manifest.json").unlink()
+    again = cache.commit(make_result(tmp_path / "again", "two"), "classical", "nuclei", "k")
+    assert again == entry and cache.lookup("classical", "nuclei", "k") == entry
+    assert (entry / "labels.ome.zarr" / "data").read_text() == "two"
+    assert "manifest.json is missing" in capsys.readouterr().err
+    [moved] = damaged_copies(cache)
+    assert (moved / "labels.ome.zarr" / "data").read_text() == "one"

@@ -4,6 +4,10 @@ error contract (one line, exit 65, nothing written)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,7 +146,7 @@ def test_unreadable_memory_size_is_refused():
 def test_finalize_of_a_vanished_cache_entry_says_what_to_do(tmp_path, image, model_json):
     image_path, _ = image
     plan(tmp_path, image_path, model_json)
-    with pytest.raises(Exception, match="is gone since this run was planned; run again without -resume"):
+    with pytest.raises(Exception, match="is gone or damaged since this run was planned; run again without -resume"):
         finalize_step.finalize(job_json=tmp_path / "plan.json", result=None, sample_id="img", root_dir=tmp_path / "root", tiff=False)
 
 
@@ -234,3 +238,52 @@ def test_segment_names_the_image_and_the_chunk_that_planning_did_not_read(tmp_pa
     assert code == EXIT_CODE and len(lines) == 1
     assert lines[0].startswith(f"AIOD ERROR: {tmp_path / 'img.zarr'}: chunk 'c/1/1' cannot be decoded (")
     assert not (tmp_path / "s3.zarr").exists()
+
+
+def fake_result(folder):
+    (folder / "labels.ome.zarr").mkdir(parents=True)
+    (folder / "labels.ome.zarr" / "chunk").write_bytes(b"labels")
+    (folder / "manifest.json").write_text(json.dumps({"n_objects": 3, "labels": {"name": "x"}}))
+    return folder
+
+
+def test_plan_of_a_miss_claims_the_key_and_finalize_releases_it_after_commit(tmp_path, image, model_json, monkeypatch):
+    job = plan(tmp_path, image[0], model_json)
+    claim = tmp_path / "root" / "aiod_cache" / ".claims" / "classical" / "nuclei_masks" / job["key"]
+    assert job["claim"]["path"] == str(claim) and json.loads(claim.read_text())["token"] == job["claim"]["token"]
+    monkeypatch.chdir(tmp_path)
+    finalize_step.finalize(job_json=tmp_path / "plan.json", result=fake_result(tmp_path / "r"), sample_id="img",
+                           root_dir=tmp_path / "root", tiff=False)
+    assert not claim.exists()
+
+
+def test_plan_with_verify_cache_recomputes_an_entry_whose_bytes_changed(tmp_path, image, model_json, monkeypatch, capsys):
+    job = plan(tmp_path, image[0], model_json)
+    monkeypatch.chdir(tmp_path)
+    finalize_step.finalize(job_json=tmp_path / "plan.json", result=fake_result(tmp_path / "r"), sample_id="img",
+                           root_dir=tmp_path / "root", tiff=False)
+    (tmp_path / "root" / "aiod_cache" / "classical" / "nuclei_masks" / job["key"] / "labels.ome.zarr" / "chunk").write_bytes(b"LABELS")
+    plan(tmp_path, image[0], model_json, name="hit.json")
+    assert (tmp_path / "hit.status").read_text() == "hit 4\n"
+    plan(tmp_path, image[0], model_json, name="verified.json", verify_cache=True)
+    assert (tmp_path / "verified.status").read_text() == "miss 4\n"
+    assert "labels.ome.zarr/chunk does not match its blake2b checksum" in capsys.readouterr().err
+
+
+def test_a_second_run_planning_a_claimed_key_waits_and_then_takes_the_first_runs_result(tmp_path, image, model_json, monkeypatch):
+    plan(tmp_path, image[0], model_json)  # this test's process is the first run: it holds the key
+    log = tmp_path / "second.log"
+    second = subprocess.Popen(
+        [sys.executable, str(Path(cli.__file__).parents[2] / "bin" / "aiod"), "plan", "--id", "img", "--image", str(image[0]),
+         "--model", str(model_json), "--num-substacks", "2", "--overlap", "24", "--root-dir", str(tmp_path / "root"),
+         "--claim-poll-seconds", "0.1", "--out", str(tmp_path / "second.json")], stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while "waiting for the result" not in log.read_text() and second.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert second.poll() is None, log.read_text()
+    monkeypatch.chdir(tmp_path)
+    finalize_step.finalize(job_json=tmp_path / "plan.json", result=fake_result(tmp_path / "r"), sample_id="img",
+                           root_dir=tmp_path / "root", tiff=False)
+    assert second.wait(timeout=120) == 0
+    assert (tmp_path / "second.status").read_text() == "hit 4\n"
+    assert json.loads((tmp_path / "second.json").read_text())["claim"] is None

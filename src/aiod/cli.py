@@ -33,6 +33,8 @@ def _resolve_model(a):
 
 def _fetch(a):
     from .artifacts import fetch
+    from .cache import share_with_group
+    share_with_group(a.root_dir)
     spec = json.loads(Path(a.model).read_text())
     spec["artifact"] = fetch(spec, Path(a.root_dir), attempts=a.attempts, backoff=a.backoff) if spec["locations"] else None
     Path(a.out).write_text(json.dumps(spec, indent=2))
@@ -98,7 +100,8 @@ def _plan(a):
     from .steps.plan import plan
     plan(image_path=Path(a.image), sample_id=a.id, axes=a.axes, channel=a.channel, model_json=Path(a.model),
                num_substacks=a.num_substacks, overlap=a.overlap, substack_memory=a.substack_memory,
-               root_dir=Path(a.root_dir), fingerprint_mode=a.fingerprint, out=Path(a.out))
+               root_dir=Path(a.root_dir), fingerprint_mode=a.fingerprint, out=Path(a.out), verify_cache=a.verify_cache,
+               claim_stale_seconds=a.claim_stale_seconds, claim_poll_seconds=a.claim_poll_seconds)
 
 
 def _segment(a):
@@ -116,6 +119,24 @@ def _finalize(a):
     finalize(job_json=Path(a.plan), result=Path(a.result) if a.result else None, sample_id=a.id,
              root_dir=Path(a.root_dir), tiff=a.tiff, outdir=Path(a.outdir) if a.outdir else None,
              publish_mode=a.publish_mode)
+
+
+def _cache(a):
+    from . import cache_tools
+    root = Path(a.root_dir).expanduser()
+    if a.action == "info":
+        print(cache_tools.info(root, a.key))
+        return 0
+    if a.action == "verify":
+        lines, whole = cache_tools.verify(root, a.keys, a.all)
+        print("\n".join(lines))
+        return 0 if whole else 1
+    filters = cache_tools.Filters(a.family, a.version, a.image, a.older_than)
+    if a.action == "ls":
+        print(cache_tools.listing(root, filters))
+    else:
+        print("\n".join(cache_tools.clear(root, filters, a.yes, damaged=a.damaged)))
+    return 0
 
 
 def _demo_data(a):
@@ -183,6 +204,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--root-dir", required=True)
     s.add_argument("--fingerprint", default="full",
                    help="full: every byte, memoised under root_dir (default); sample: a bounded sample, for archives never edited")
+    s.add_argument("--verify-cache", action="store_true", help="check every checksum of a cached result before using it")
+    s.add_argument("--claim-stale-seconds", type=float, default=600.0,
+                   help="a run that claimed the key and gave no sign of life for this long is taken over")
+    s.add_argument("--claim-poll-seconds", type=float, default=5.0, help="how often to look while waiting for another run")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_plan)
 
@@ -208,6 +233,29 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--outdir", help="publish the result here (docs/output.md); without it, only the task folder gets it")
     s.add_argument("--publish-mode", default="copy", help="copy, copyNoFollow, symlink or link")
     s.set_defaults(func=_finalize)
+
+    s = sub.add_parser("cache", help="list, inspect, verify or clear the shared cache under a root_dir (docs/cache.md)")
+    actions = s.add_subparsers(dest="action", required=True)
+    for name, help_text in (("ls", "list results (size, age) and the size of each kind of thing under root_dir"),
+                            ("info", "what one result is: image, model, parameters, plan, timings, files"),
+                            ("verify", "check every checksum; damaged entries are moved aside and listed"),
+                            ("clear", "delete results by filter (a dry run unless --yes)")):
+        a = actions.add_parser(name, help=help_text)
+        a.add_argument("--root-dir", default="~/.nextflow/aiod")
+        if name in ("ls", "clear"):
+            a.add_argument("--family", help="only this model family")
+            a.add_argument("--version", help="only this model version")
+            a.add_argument("--image", help="only results of this image (samplesheet id or file name)")
+            a.add_argument("--older-than", help="only results older than this (e.g. 90s, 12h, 30d, 2w)")
+        if name == "info":
+            a.add_argument("key", help="a key, or a prefix of one that no other key has")
+        if name == "verify":
+            a.add_argument("keys", nargs="*", help="keys or unique prefixes to check")
+            a.add_argument("--all", action="store_true", help="check every entry")
+        if name == "clear":
+            a.add_argument("--damaged", action="store_true", help="delete the copies under .damaged/ instead of results")
+            a.add_argument("--yes", action="store_true", help="delete (without it, only list what would go)")
+        a.set_defaults(func=_cache)
 
     s = sub.add_parser("demo-data", help="write the built-in demo images, ground truth and samplesheet")
     s.add_argument("outdir")

@@ -31,3 +31,7 @@ class PlanError(AiodError):
 
 class ParameterError(AiodError):
     """A pipeline parameter outside the values it can take."""
+
+
+class CacheError(AiodError):
+    """A cache command that cannot be done as asked (unknown or ambiguous key, bad filter)."""

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from .. import __version__, ngff, publish
+from .. import __version__, claims, ngff, publish
 from ..cache import Cache
 from ..errors import AiodError
 from . import log
@@ -22,11 +22,15 @@ def finalize(*, job_json: Path, result: Path | None, sample_id: str, root_dir: P
     cache = Cache(root_dir)
     cache.ensure()
     if result is not None:
-        entry = cache.commit(Path(result), family, version, key)
+        claim = job.get("claim") or {}
+        with claims.Heartbeat(**claim):
+            entry = cache.commit(Path(result), family, version, key)
+        if claim:
+            claims.release(claim["path"], claim["token"])
     else:
-        entry = cache.lookup(family, version, key)
+        entry = cache.lookup(family, version, key)  # re-checks that every file is there before publishing
         if entry is None:
-            raise AiodError(f"{sample_id}: the cached result {job['cache_entry']} is gone since this run was planned; "
+            raise AiodError(f"{sample_id}: the cached result {job['cache_entry']} is gone or damaged since this run was planned; "
                             "run again without -resume to compute it")
     manifest = json.loads((entry / "manifest.json").read_text())
     labels = entry / "labels.ome.zarr"

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from .. import RESULT_FORMAT_VERSION, __version__, merge, ngff, planner, substack_labels
+from .. import RESULT_FORMAT_VERSION, __version__, claims, merge, ngff, planner, substack_labels
 from ..errors import AiodError
 from . import JOB_FORMAT, MERGE_SETTINGS, label_name, log
 
@@ -26,6 +26,11 @@ def load_job(path: Path) -> dict:
 def merge_result(*, job_json: Path, substacks: list[Path], out: Path) -> dict:
     """Merge substack labels into `out/labels.ome.zarr` and write `out/manifest.json`."""
     job = load_job(job_json)
+    with claims.Heartbeat(**(job.get("claim") or {})):  # tell waiting runs that this key is being computed
+        return _merge_result(job, substacks, Path(out))
+
+
+def _merge_result(job: dict, substacks: list[Path], out: Path) -> dict:
     the_plan = planner.Plan.from_dict(job["plan"])
     name = label_name(job)
     out = Path(out)

@@ -7,7 +7,7 @@ import re
 import time
 from pathlib import Path
 
-from .. import RESULT_FORMAT_VERSION, imageio, planner
+from .. import RESULT_FORMAT_VERSION, claims, imageio, planner
 from ..cache import Cache, cache_key
 from ..errors import InputError, PlanError
 from ..fingerprint import INDEX_DIR, check_mode, fingerprint
@@ -25,7 +25,8 @@ def parse_memory(text: str) -> int:
 
 def plan(*, image_path: Path, sample_id: str, axes: str | None, channel: int | None, model_json: Path,
          num_substacks: str, overlap: str, substack_memory: str, root_dir: Path, fingerprint_mode: str,
-         out: Path) -> dict:
+         out: Path, verify_cache: bool = False, claim_stale_seconds: float = claims.STALE_SECONDS,
+         claim_poll_seconds: float = claims.POLL_SECONDS) -> dict:
     """Identify the image, compute its cache key, look it up, and plan substacks on a miss."""
     check_mode(fingerprint_mode)
     cache = Cache(root_dir)
@@ -55,7 +56,17 @@ def plan(*, image_path: Path, sample_id: str, axes: str | None, channel: int | N
             "image": identity, "model": model_identity(model), "plan": the_plan.to_dict(), "merge": MERGE_SETTINGS,
             "result_format": RESULT_FORMAT_VERSION,
         })
-        hit = cache.lookup(model["family"], model["version"], key)
+        family, version = model["family"], model["version"]
+        hit = cache.lookup(family, version, key, verify=verify_cache)
+        claim = None
+        if hit is None:  # claim the key, or wait for the run computing it (src/aiod/claims.py)
+            claim_file = claims.claim_path(cache.entry(family, version, key))
+            claim = claims.acquire(claim_file, lambda: cache.entry(family, version, key).exists(), log,
+                                   stale_seconds=claim_stale_seconds, poll_seconds=claim_poll_seconds)
+            hit = cache.lookup(family, version, key, verify=verify_cache)
+            if hit is not None and claim is not None:
+                claims.release(claim_file, claim["token"])
+                claim = None
         job = {
             "format": JOB_FORMAT, "id": sample_id, "key": key,
             "image": {**identity, "path": str(Path(image_path).resolve()), "declared_axes": axes,
@@ -63,6 +74,7 @@ def plan(*, image_path: Path, sample_id: str, axes: str | None, channel: int | N
             "model": model, "plan": the_plan.to_dict(), "merge": MERGE_SETTINGS,
             "cache_entry": str(cache.entry(model["family"], model["version"], key)),
             "prepared": None,
+            "claim": {"path": str(claim_file), "token": claim["token"], "interval": claim_stale_seconds / 10} if claim else None,
         }
         if hit is None:
             started = time.time()

@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from .. import diskspace, imageio, planner, substack_labels
+from .. import claims, diskspace, imageio, planner, substack_labels
 from ..models import get_adapter, params_namespace
 from ..models.runtime import keep_libraries_out_of_home
 from . import artifact_path, log
@@ -16,6 +16,11 @@ def segment(*, job_json: Path, image_path: Path, index: int, out: Path) -> None:
     """Segment one substack (its box, halo included) and write its labels."""
     keep_libraries_out_of_home(Path(out).resolve().parent)  # the task's folder
     job = json.loads(Path(job_json).read_text())
+    with claims.Heartbeat(**(job.get("claim") or {})):  # tell waiting runs that this key is being computed
+        _segment(job, image_path, index, out)
+
+
+def _segment(job: dict, image_path: Path, index: int, out: Path) -> None:
     model = job["model"]
     adapter, params = get_adapter(model["adapter"]), params_namespace(model)
     the_plan = planner.Plan.from_dict(job["plan"])
