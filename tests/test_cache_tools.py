@@ -56,7 +56,7 @@ def test_ls_lists_each_result_with_its_size_and_totals_per_kind(root, capsys):
                                                      ["cc3300000000", "stardist/v1", "img_c"]]
     size = sum(p.stat().st_size for p in entry(root, "aa11").rglob("*") if p.is_file())
     assert f"{size} B" in lines[1]
-    assert lines[-1].endswith("checkpoints 2.0 KB, damaged 0 B, conda envs 0 B, work 3.0 KB")
+    assert lines[-1].endswith("checkpoints 2.0 KiB, damaged 0 B, conda envs 0 B, work 3.0 KiB")
 
 
 def test_ls_filters_by_family_and_image(root, capsys):

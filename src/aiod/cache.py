@@ -44,6 +44,10 @@ Written by the AIoD pipeline. Safe to share between the users of a lab (one `--r
   again. `aiod cache ls|info|verify|clear --root-dir <this folder>` lists, checks and cleans.
 - `aiod_cache/.damaged/`: entries found damaged (a file missing, short or changed), moved aside
   for inspection and recomputed; safe to delete.
+- `aiod_cache/.fingerprints/`: each image's content hash, remembered until the file changes (so
+  an unchanged image is not read again); safe to delete.
+- `aiod_cache/.claims/`: which run is computing which result right now; a run waits for another
+  run's claim instead of computing the same result twice.
 - `conda/`: per-family environments, shared.
 - `configs/`, `project_configs/`: resolved model configs and saved run settings.
 - `work/`: Nextflow's work directory (`-resume` uses it); safe to delete when no run is active.

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from . import claims
+from .diskspace import human
 from .cache import CACHE_DIR, DAMAGED_DIR, MANIFEST, Cache, entry_problem
 from .errors import CacheError
 
@@ -71,14 +72,6 @@ def folder_size(path: Path) -> int:
             except OSError:
                 pass
     return total
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return ""
 
 
 def human_age(seconds: float) -> str:
