@@ -17,11 +17,16 @@ from family_envs import nuclei_data, run_in_family, segment_in_family, trained_a
 
 pytestmark = pytest.mark.families
 
-# F1@0.5 against the bundled ground truth (tests/families/train_cellpose.py: 100 epochs from
-# random weights, CPU, seeded), measured on three training runs: 2D 0.868 (crops of 224, two
-# threads), 0.905, 0.905 (crops of 128, one thread: the test's setting, reproducible); the
-# synthetic volume with do_3D at diameter 11 (the 2D model on 3D): 0.693, 0.693 (per slice with
-# stitching: 0.27). The floors leave room for other machines and library builds.
+# F1@0.5 against the bundled ground truth (tests/families/train_cellpose.py: 120 epochs from
+# random weights, the last 50 with a decaying learning rate; CPU, seeded, deterministic kernels).
+# Training is not bit-reproducible across CPUs, so the floors sit well under the spread measured
+# on a 2-core machine of the CI kind (seed x torch threads -> 2D F1; per-slice stitching: objects,
+# median slices per object; training seconds on a machine loaded by other jobs):
+#   seed 0, 1 thread:  0.912 (tp 109, fp 5, fn 16); 34 objects, median 10.5; 932 s
+#   seed 1, 2 threads: 0.885 (tp 104, fp 6, fn 21); stitching not measured; 1414 s
+# Before the learning-rate decay (100 epochs at a constant rate) the same seed and thread count
+# gave 0.744, 0.870 and 0.905 on three such machines: the 0.744 failed the 2D floor. The
+# synthetic volume with do_3D at diameter 11 (the 2D model on 3D) gave 0.693 (100 epochs).
 F1_FLOOR_2D = 0.75
 F1_FLOOR_3D = 0.5
 VOLUME_DIAMETER = 11.0  # mean equivalent diameter of the 3D volume's annotated nuclei
@@ -34,7 +39,8 @@ def test_cellpose_2d_gives_uint32_labels_that_find_the_annotated_nuclei(trained_
     assert labels.dtype == np.uint32
     assert record["scores"] is None  # cellpose has no per-object score
     truth = tifffile.imread(nuclei_data / "nuclei_2d_mask.tif")
-    assert match_labels(truth, labels, 0.5).f1 >= F1_FLOOR_2D
+    matched = match_labels(truth, labels, 0.5)
+    assert matched.f1 >= F1_FLOOR_2D, matched
 
 
 def test_cellpose_do_3d_segments_a_volume_with_the_2d_model(trained_artifact, nuclei_data, tmp_path):  # noqa: F811
@@ -53,8 +59,8 @@ def test_cellpose_per_slice_with_stitching_links_slices_into_3d_objects(trained_
     assert labels.shape == (31, 61, 57) and labels.dtype == np.uint32
     ids = np.unique(labels)[1:]
     slices_per_object = [len(np.unique(np.nonzero(labels == i)[0])) for i in ids]
-    assert len(ids) > 10
-    assert np.median(slices_per_object) >= 3  # nuclei span several slices: one id through them
+    assert len(ids) > 10  # measured 34 (see above)
+    assert np.median(slices_per_object) >= 3  # nuclei span several slices: one id through them (measured 10.5)
 
 
 def test_cellpose_3d_without_do_3d_or_stitching_is_refused(trained_artifact, nuclei_data, tmp_path):  # noqa: F811
