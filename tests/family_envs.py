@@ -109,7 +109,8 @@ def trained_artifact(tmp_path_factory, nuclei_data):
         index = base / family / "artifacts.json"
         if not index.exists():
             index.parent.mkdir(parents=True, exist_ok=True)
-            run_in_family(family, f"train_{family}.py", index.parent, nuclei_data, cwd=index.parent)
+            run_in_family(family, f"train_{family}.py", index.parent, nuclei_data, cwd=index.parent,
+                          timeout=3600)  # one thread: the StarDist 3D model took 30 min on a slow machine of this kind
         return Path(json.loads(index.read_text())[str(ndim)])
 
     return artifact

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-GROUP, ALICE, BOB = 47401, 47402, 47403
+GROUP, FIRST_USER, SECOND_USER = 47401, 47402, 47403
 
 
 
@@ -73,14 +73,14 @@ def as_user(uid, *args):
 
 
 def test_a_second_user_of_the_group_reuses_and_extends_the_cache(lab):
-    as_user(ALICE, lab, "commit", "k1")
-    assert as_user(BOB, lab, "lookup", "k1").stdout == "True\n"
-    as_user(BOB, lab, "commit", "k2")
-    assert as_user(ALICE, lab, "lookup", "k2").stdout == "True\n"
+    as_user(FIRST_USER, lab, "commit", "k1")
+    assert as_user(SECOND_USER, lab, "lookup", "k1").stdout == "True\n"
+    as_user(SECOND_USER, lab, "commit", "k2")
+    assert as_user(FIRST_USER, lab, "lookup", "k2").stdout == "True\n"
 
 
 def test_entries_are_group_writable_and_keep_the_root_dirs_group(lab):
-    as_user(ALICE, lab, "commit", "k1")
+    as_user(FIRST_USER, lab, "commit", "k1")
     entry = lab / "aiod_cache" / "classical" / "v1_masks" / "k1"
     for path in [entry.parent, entry, entry / "labels.ome.zarr", entry / "labels.ome.zarr" / "c0", entry / "manifest.json"]:
         st = path.stat()
@@ -89,7 +89,7 @@ def test_entries_are_group_writable_and_keep_the_root_dirs_group(lab):
 
 
 def test_a_second_user_can_set_aside_a_damaged_entry_of_the_first(lab):
-    as_user(ALICE, lab, "commit", "k1")
+    as_user(FIRST_USER, lab, "commit", "k1")
     (lab / "aiod_cache" / "classical" / "v1_masks" / "k1" / "labels.ome.zarr" / "c0").unlink()
-    assert as_user(BOB, lab, "lookup", "k1").stdout == "False\n"
+    assert as_user(SECOND_USER, lab, "lookup", "k1").stdout == "False\n"
     assert len(list((lab / "aiod_cache" / ".damaged" / "classical" / "v1").iterdir())) == 1
