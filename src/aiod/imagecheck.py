@@ -88,7 +88,7 @@ def check_tiff_extent(path: Path, tf, series) -> None:
         return
     pages = list(tf.pages)
     for p, page in enumerate(pages):
-        kind = "tile" if page.is_tiled else "strip"
+        kind = "tile" if page.keyframe.is_tiled else "strip"  # a TiffFrame (pages after the first) has no is_tiled
         counts = page.databytecounts
         for k, (offset, count) in enumerate(zip(page.dataoffsets, counts)):
             if offset + count > size:
