@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from aiod.splitcheck import same_objects
+
 ROOT = Path(__file__).resolve().parents[1]
 NEXTFLOW = os.environ.get("AIOD_NEXTFLOW") or shutil.which("nextflow") or str(ROOT / "engine" / "nextflow")
 
@@ -68,8 +70,4 @@ def read_mask(outdir: Path, sample_id: str) -> np.ndarray:
 
 def same_partition(a, b) -> bool:
     """Same objects up to renaming: the label pairs are a bijection, background to background."""
-    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
-    return (
-        np.array_equal((a != 0), (b != 0))
-        and pairs.shape[1] == len(np.unique(a)) == len(np.unique(b))
-    )
+    return same_objects(a, b)

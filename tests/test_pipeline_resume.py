@@ -99,46 +99,38 @@ def edit(path):
     path.write_text(path.read_text() + "\n# an edit\n")
 
 
-def test_editing_a_python_source_reruns_exactly_the_tasks_that_run_it(tmp_path, sheet, project_copy):
+def test_resume_reruns_exactly_the_tasks_whose_code_changed_and_never_for_resources(tmp_path, sheet, project_copy):
+    """One project copy, five runs: a site config changing resources and queue reruns nothing; an
+    edited Python source reruns exactly the tasks that run it; and the result cache is keyed by
+    what a result is, not by the code (a change that changes results bumps RESULT_FORMAT_VERSION,
+    src/aiod/__init__.py), so an edit with the cache intact segments nothing."""
     common = ["--input", str(sheet), "--outdir", "results", "--root_dir", str(tmp_path / "root"), "--num_substacks", "2"]
     run_pipeline(tmp_path, *common, "--trace_report_suffix", "a", project=project_copy)
-    run_pipeline(tmp_path, *common, "--trace_report_suffix", "b", project=project_copy, resume=True)
+    (tmp_path / "site.config").write_text(
+        "process {\n  queue = 'other'\n  withLabel: 'gpu' { cpus = 2; memory = 1536.MB; time = 3.h }\n"
+        "  withLabel: 'cpu_small' { cpus = 2; memory = 1.5.GB; time = 2.h }\n}\n")
+    run_pipeline(tmp_path, "-c", str(tmp_path / "site.config"), *common, "--trace_report_suffix", "b",
+                 project=project_copy, resume=True)
     assert {r["status"] for r in trace_rows(tmp_path / "results", "b")} == {"CACHED"}
-    shutil.rmtree(tmp_path / "root" / "aiod_cache")  # so that a rerun PLAN has to segment again
 
+    shutil.rmtree(tmp_path / "root" / "aiod_cache")  # so that a rerun PLAN has to segment again
     edit(project_copy / "src" / "aiod" / "seams.py")  # only the merge step runs it
     run_pipeline(tmp_path, *common, "--trace_report_suffix", "c", project=project_copy, resume=True)
     assert statuses(trace_rows(tmp_path / "results", "c")) == {
         "RESOLVE_MODEL": {"CACHED"}, "CHECK_INPUT": {"CACHED"}, "PLAN": {"CACHED"}, "SEGMENT": {"CACHED"},
         "MERGE": {"COMPLETED"}, "FINALIZE": {"COMPLETED"}}
 
-    shutil.rmtree(tmp_path / "root" / "aiod_cache")
     edit(project_copy / "src" / "aiod" / "models" / "classical.py")  # planning and segmenting run it
     run_pipeline(tmp_path, *common, "--trace_report_suffix", "d", project=project_copy, resume=True)
     rows = trace_rows(tmp_path / "results", "d")
+    assert {r["status"] for r in processes(rows, "PLAN")} == {"COMPLETED"}
+    assert processes(rows, "SEGMENT") == []  # the result is in the cache: nothing to segment
+
+    shutil.rmtree(tmp_path / "root" / "aiod_cache")
+    edit(project_copy / "src" / "aiod" / "models" / "classical.py")
+    run_pipeline(tmp_path, *common, "--trace_report_suffix", "e", project=project_copy, resume=True)
+    rows = trace_rows(tmp_path / "results", "e")
     assert statuses(rows) == {
         "RESOLVE_MODEL": {"CACHED"}, "CHECK_INPUT": {"CACHED"}, "PLAN": {"COMPLETED"}, "SEGMENT": {"COMPLETED"},
         "MERGE": {"COMPLETED"}, "FINALIZE": {"COMPLETED"}}
     assert len(processes(rows, "SEGMENT")) == 4
-
-
-def test_changing_resources_and_queue_reruns_nothing(tmp_path, sheet):
-    common = ["--input", str(sheet), "--outdir", "results", "--root_dir", str(tmp_path / "root"), "--num_substacks", "2"]
-    run_pipeline(tmp_path, *common, "--trace_report_suffix", "a")
-    (tmp_path / "site.config").write_text(
-        "process {\n  queue = 'other'\n  withLabel: 'gpu' { cpus = 2; memory = 1536.MB; time = 3.h }\n"
-        "  withLabel: 'cpu_small' { cpus = 2; memory = 1.5.GB; time = 2.h }\n}\n")
-    run_pipeline(tmp_path, "-c", str(tmp_path / "site.config"), *common, "--trace_report_suffix", "b", resume=True)
-    assert {r["status"] for r in trace_rows(tmp_path / "results", "b")} == {"CACHED"}
-
-
-def test_editing_python_source_keeps_cached_results(tmp_path, sheet, project_copy):
-    """The result cache is keyed by what a result is, not by the code: a code change that
-    changes results bumps RESULT_FORMAT_VERSION (src/aiod/__init__.py)."""
-    common = ["--input", str(sheet), "--outdir", "results", "--root_dir", str(tmp_path / "root"), "--num_substacks", "2"]
-    run_pipeline(tmp_path, *common, "--trace_report_suffix", "a", project=project_copy)
-    edit(project_copy / "src" / "aiod" / "models" / "classical.py")
-    run_pipeline(tmp_path, *common, "--trace_report_suffix", "b", project=project_copy, resume=True)
-    rows = trace_rows(tmp_path / "results", "b")
-    assert {r["status"] for r in processes(rows, "PLAN")} == {"COMPLETED"}
-    assert processes(rows, "SEGMENT") == []

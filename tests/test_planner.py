@@ -17,8 +17,9 @@ def plans(draw):
     shape = tuple(draw(st.integers(1, 60)) for _ in range(ndim))
     grid = tuple(draw(st.integers(1, min(n, 6))) for n in shape)
     overlap = tuple(draw(st.sampled_from([0, 1, 3, 8, 0.25, 0.5])) for _ in range(ndim))
+    align = tuple(draw(st.sampled_from([1, 1, 2, 8, 16])) for _ in range(ndim))
     axes = "ZYX"[-ndim:]
-    return plan_substacks(shape, axes, grid, overlap, bytes_per_voxel=1, memory_budget=None)
+    return plan_substacks(shape, axes, grid, overlap, bytes_per_voxel=1, memory_budget=None, align=align)
 
 
 @settings(max_examples=60, deadline=None)
@@ -40,11 +41,12 @@ def test_core_sizes_along_an_axis_differ_by_at_most_one(plan):
 
 @settings(max_examples=60, deadline=None)
 @given(plans())
-def test_box_is_core_grown_by_overlap_and_clipped(plan):
+def test_box_is_core_grown_by_overlap_start_aligned_and_clipped(plan):
     for sub in plan.substacks:
-        for (c0, c1), (b0, b1), h, n in zip(sub.core, sub.box, plan.overlap, plan.spatial_shape):
+        for (c0, c1), (b0, b1), h, n, al in zip(sub.core, sub.box, plan.overlap, plan.spatial_shape, plan.align):
             assert 0 <= b0 <= c0 < c1 <= b1 <= n
-            assert (b0, b1) == (max(0, c0 - h), min(n, c1 + h))
+            assert b0 % al == 0 and b0 <= max(0, c0 - h) < b0 + al  # moved down by less than one step
+            assert b1 == min(n, c1 + h)
         inner = np.zeros(sub.box_shape, dtype=bool)
         inner[sub.core_in_box] = True
         assert inner.sum() == math.prod(b - a for a, b in sub.core)
@@ -198,6 +200,34 @@ def test_near_equal_split():
     plan = plan_substacks((10,), "X", (3,), (2,), bytes_per_voxel=1, memory_budget=None)
     assert [s.core for s in plan.substacks] == [((0, 4),), ((4, 7),), ((7, 10),)]
     assert [s.box for s in plan.substacks] == [((0, 6),), ((2, 9),), ((5, 10),)]
+
+
+def test_box_starts_move_down_to_the_networks_stride_and_keep_at_least_the_overlap():
+    plan = plan_substacks((1000, 60), "YX", (3, 1), (40, 40), bytes_per_voxel=1, memory_budget=None, align=(16, 1))
+    assert [s.core[0] for s in plan.substacks] == [(0, 334), (334, 667), (667, 1000)]
+    # unaligned, the boxes would start at 294 and 627
+    assert [s.box[0] for s in plan.substacks] == [(0, 374), (288, 707), (624, 1000)]
+    assert plan.align == (16, 1) and plan.to_dict()["align"] == [16, 1]
+
+
+def test_auto_counts_the_growth_of_aligned_boxes():
+    # 100 voxels in 2 cores of 50 with overlap 2: boxes of 52; aligned to 32 the second starts at
+    # 32 and holds 68, more than a budget of 60 allows, so auto cuts one more substack
+    assert plan_substacks((100,), "X", "auto", (2,), bytes_per_voxel=1, memory_budget=60).grid == (2,)
+    aligned = plan_substacks((100,), "X", "auto", (2,), bytes_per_voxel=1, memory_budget=60, align=32)
+    assert aligned.grid == (3,) and max(s.box_shape[0] for s in aligned.substacks) <= 60
+
+
+def test_a_plan_written_before_alignment_loads_as_unaligned():
+    d = plan_substacks((40, 50), "YX", (2, 2), (4, 4), bytes_per_voxel=1, memory_budget=None).to_dict()
+    del d["align"]
+    assert Plan.from_dict(d).align == (1, 1)
+
+
+@pytest.mark.parametrize("align", [0, (8, 8, 8), (8, -1)])
+def test_a_bad_alignment_from_an_adapter_is_refused(align):
+    with pytest.raises(PlanError, match="align: .* is not one step >= 1 or 2 of them"):
+        plan_substacks((40, 50), "YX", (2, 2), (4, 4), bytes_per_voxel=1, memory_budget=None, align=align)
 
 
 def test_fractional_overlap_is_a_fraction_of_the_core():

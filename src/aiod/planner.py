@@ -9,8 +9,18 @@ A plan is saved as JSON (`"format": "aiod-plan/1"`) with the keys
 
 - `spatial_axes`: `"YX"` or `"ZYX"`; `spatial_shape`: voxels per spatial axis;
 - `grid`: substacks per axis; `overlap`: halo in voxels per axis;
+- `align`: per axis, the step that every box start is a multiple of (1 = none);
 - `substacks`: a list of `{"index", "grid_pos", "core", "box"}`, where `core` and `box` are
   `[start, stop)` pairs per spatial axis, in image voxels.
+
+Alignment: a network with strides or pooling (StarDist's grid and U-Net, Cellpose's U-Net) gives
+the same output for a pixel only when its input is shifted by a multiple of its total stride. A
+box that started at an arbitrary pixel would sample another grid and change every object in it,
+not only those at the seams. So each box starts at a multiple of the model's `align` (read from
+its artifact by the adapter): the box grows towards the image origin by less than one step,
+never shrinks, and its halo stays at least `overlap`. Box ends are not aligned: the network pads
+the end of its input, which changes only the pixels within its receptive field of that end, and
+the halo covers those.
 """
 
 from __future__ import annotations
@@ -61,6 +71,7 @@ class Plan:
     grid: tuple[int, ...]
     overlap: tuple[int, ...]
     substacks: tuple[Substack, ...]
+    align: tuple[int, ...] | None = None  # None: 1 per axis
 
     def to_dict(self) -> dict:
         return {
@@ -69,6 +80,7 @@ class Plan:
             "spatial_shape": list(self.spatial_shape),
             "grid": list(self.grid),
             "overlap": list(self.overlap),
+            "align": list(self.align or (1,) * len(self.grid)),
             "substacks": [
                 {
                     "index": s.index,
@@ -101,10 +113,11 @@ class Plan:
                 grid=tuple(int(v) for v in d["grid"]),
                 overlap=tuple(int(v) for v in d["overlap"]),
                 substacks=subs,
+                align=tuple(int(v) for v in d.get("align") or [1] * len(d["grid"])),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"plan: missing or malformed field ({exc!r})") from None
-        if plan != _build(plan.spatial_shape, plan.spatial_axes, plan.grid, plan.overlap):
+        if plan != _build(plan.spatial_shape, plan.spatial_axes, plan.grid, plan.overlap, plan.align):
             raise PlanError("plan: substacks do not match spatial_shape, grid and overlap")
         return plan
 
@@ -184,24 +197,37 @@ def _halo(ov: float, length: int, parts: int) -> int:
     return int(round(ov))
 
 
-def _build(shape, axes, grid, halo) -> Plan:
+def _box(core: Range, halo: int, length: int, align: int) -> Range:
+    """The core grown by `halo` on each side, its start moved down to a multiple of `align`."""
+    a, b = core
+    return max(0, (a - halo) // align * align), min(length, b + halo)
+
+
+def _build(shape, axes, grid, halo, align=None) -> Plan:
+    align = tuple(int(v) for v in (align or (1,) * len(shape)))
     per_axis = [_split(n, g) for n, g in zip(shape, grid)]
     subs = []
     for i, pos in enumerate(itertools.product(*(range(g) for g in grid))):
         core = tuple(per_axis[k][p] for k, p in enumerate(pos))
-        box = tuple(
-            (max(0, a - h), min(n, b + h)) for (a, b), h, n in zip(core, halo, shape)
-        )
+        box = tuple(_box(c, h, n, al) for c, h, n, al in zip(core, halo, shape, align))
         subs.append(Substack(index=i, grid_pos=tuple(pos), core=core, box=box))
-    return Plan(tuple(shape), axes, tuple(grid), tuple(halo), tuple(subs))
+    return Plan(tuple(shape), axes, tuple(grid), tuple(halo), tuple(subs), align)
 
 
-def _largest_box(shape, grid, halo) -> int:
+def _largest_box(shape, grid, halo, align=None) -> int:
     """Voxels of the largest box (boxes form a grid, so it is the product of per-axis maxima)."""
     out = 1
-    for n, g, h in zip(shape, grid, halo):
-        out *= max(min(n, b + h) - max(0, a - h) for a, b in _split(n, g))
+    for n, g, h, al in zip(shape, grid, halo, align or (1,) * len(shape)):
+        out *= max(b - a for a, b in (_box(c, h, n, al) for c in _split(n, g)))
     return out
+
+
+def parse_align(align, ndim: int) -> tuple[int, ...]:
+    """An adapter's alignment: one step for every axis, or one per spatial axis (each >= 1)."""
+    steps = (align,) * ndim if isinstance(align, int) else tuple(align)
+    if len(steps) != ndim or any(int(v) < 1 for v in steps):
+        raise PlanError(f"align: {align!r} is not one step >= 1 or {ndim} of them")
+    return tuple(int(v) for v in steps)
 
 
 def _size(nbytes: float) -> str:
@@ -263,6 +289,7 @@ def plan_substacks(
     gpu_memory_budget: int | None = None,
     gpu_bytes_per_voxel: float | None = None,
     fixed_bytes: int = 0,
+    align=1,
 ) -> Plan:
     """Plan the substacks of one image.
 
@@ -274,7 +301,8 @@ def plan_substacks(
     GPU memory at `gpu_bytes_per_voxel` (the family's measured GPU factor; default
     `bytes_per_voxel`): a box must fit both. A requested count whose largest box does not fit
     is refused, naming the smallest grid that does. `overlap` is per axis, in voxels, or a
-    fraction of the core size when below 1.
+    fraction of the core size when below 1. Every box starts at a multiple of `align` (one step,
+    or one per axis; see the module's docstring).
     """
     shape = tuple(int(n) for n in spatial_shape)
     ndim = len(shape)
@@ -284,8 +312,9 @@ def plan_substacks(
     if len(overlap) != ndim or any(v < 0 for v in overlap):
         raise PlanError(f"overlap: {overlap} must be {ndim} numbers >= 0")
     budget = _Budget(memory_budget, bytes_per_voxel, gpu_memory_budget, gpu_bytes_per_voxel, int(fixed_bytes))
+    align = parse_align(align, ndim)
     if num_substacks == "auto":
-        grid = _auto_grid(shape, spatial_axes, overlap, budget)
+        grid = _auto_grid(shape, spatial_axes, overlap, budget, align)
     else:
         grid = tuple(int(g) for g in num_substacks)
         if len(grid) != ndim:
@@ -297,18 +326,18 @@ def plan_substacks(
                     f"along {ax}; use 1 to {n} (or 'auto')"
                 )
         halo = tuple(_halo(ov, n, g) for ov, n, g in zip(overlap, shape, grid))
-        problem = budget.over(_largest_box(shape, grid, halo))
+        problem = budget.over(_largest_box(shape, grid, halo, align))
         if problem:
             try:
-                fits = ",".join(map(str, _auto_grid(shape, spatial_axes, overlap, budget))) + " or more fits, or use auto"
+                fits = ",".join(map(str, _auto_grid(shape, spatial_axes, overlap, budget, align))) + " or more fits, or use auto"
             except PlanError:
                 fits = "no grid fits: raise the memory, or lower the overlap"
             raise PlanError(f"num_substacks {','.join(map(str, grid))} {problem}; {fits}")
     halo = tuple(_halo(ov, n, g) for ov, n, g in zip(overlap, shape, grid))
-    return _build(shape, spatial_axes, grid, halo)
+    return _build(shape, spatial_axes, grid, halo, align)
 
 
-def _auto_grid(shape, axes, overlap, budget: _Budget) -> tuple[int, ...]:
+def _auto_grid(shape, axes, overlap, budget: _Budget, align) -> tuple[int, ...]:
     grid = [1] * len(shape)
     max_voxels = budget.max_voxels()
     if max_voxels is None:
@@ -318,11 +347,11 @@ def _auto_grid(shape, axes, overlap, budget: _Budget) -> tuple[int, ...]:
 
     def fits(g) -> bool:
         halo = [_halo(ov, n, k) for ov, n, k in zip(overlap, shape, g)]
-        return _largest_box(shape, g, halo) <= max_voxels
+        return _largest_box(shape, g, halo, align) <= max_voxels
 
     if not fits(finest):
         halo = [_halo(ov, n, k) for ov, n, k in zip(overlap, shape, finest)]
-        problem = budget.over(_largest_box(shape, finest, halo))
+        problem = budget.over(_largest_box(shape, finest, halo, align))
         raise PlanError(
             f"num_substacks: 'auto' cannot fit a box in the memory budget: even cores of "
             f"{MIN_AUTO_CORE} voxels per axis with overlap {tuple(halo)} {problem}; "

@@ -19,6 +19,10 @@ level, and provides:
     prepare(image, channel, params) -> dict
                                     image-wide values computed once at plan time from a bounded
                                     sample (thresholds, normalisation), identical for every substack
+    align(artifact, config, params) -> int | tuple[int, ...]
+                                    the step (one, or per spatial axis) that every box start must
+                                    be a multiple of for the network to see the same pixel grid in
+                                    every box: its total stride (1 = pixel-wise); small files only
     load(artifact, config, params) -> model
                                     the model, from the local verified artifact (None: no artifact)
     segment(model, array, params, prepared, spacing) -> (labels, scores | None)

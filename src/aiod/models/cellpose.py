@@ -54,6 +54,14 @@ def min_halo(artifact: Path | None, config: dict, params) -> int:
     return int(np.ceil(2 * float(diameter)))
 
 
+def align(artifact: Path | None, config: dict, params) -> int:
+    """16: the unit cellpose pads its input to (its U-Net pools three times, a stride of 8, and
+    the padding adds 8 more on the first side). Not enough for a split run to equal the whole
+    (docs/merge.md): cellpose tiles each box into 224-px tiles spaced from the box's own size, and
+    each tile's style vector is the mean over that tile, so a pixel's flows depend on its box."""
+    return 16
+
+
 def prepare(image, channel: int | None, params) -> dict:
     """Image-wide percentiles (cellpose's are the 1st and 99th) of each channel the network gets:
     the one channel, or channel_cyto (default 0) and channel_nuclei (if set) of a multi-channel

@@ -58,6 +58,12 @@ def min_halo(artifact: Path | None, config: dict, params) -> int:
     return int(math.ceil(TILE / 2 * scale))
 
 
+def align(artifact: Path | None, config: dict, params) -> int:
+    """8: the ViT's patch size. Each 256-px tile attends globally and tiles are spaced from the
+    box's own size, so a pixel's output still depends on its box (docs/merge.md)."""
+    return 8
+
+
 def prepare(image, channel: int | None, params) -> dict:
     return channel_percentiles(image, channel, MAX_CHANNELS, NAME)
 

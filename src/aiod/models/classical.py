@@ -35,6 +35,11 @@ def min_halo(artifact, config: dict, params) -> int:
     return int(np.ceil(4 * max(params.sigma, params.distance_sigma))) + params.max_diameter // 2
 
 
+def align(artifact, config: dict, params) -> int:
+    """Filters and watershed work pixel by pixel: any box start gives the same result."""
+    return 1
+
+
 def prepare(image, channel: int | None, params) -> dict:
     """Image-wide threshold and intensity scale (99th percentile of the foreground), from a
     sample of evenly spread blocks (bounded reads)."""

@@ -99,6 +99,12 @@ def min_halo(artifact: Path | None, config: dict, params) -> int:
     return HALO
 
 
+def align(artifact: Path | None, config: dict, params) -> int:
+    """The config's padding_factor (the network's total stride, which the engine pads each image
+    to), times the downsampling applied before the network."""
+    return int(config.get("padding_factor", 16)) * int(params.downsampling)
+
+
 def prepare(image, channel: int | None, params) -> dict:
     if channel is None and image.n_channels > 1:
         raise ValueError(f"{NAME}: the image has {image.n_channels} channels; the models take one: "

@@ -61,6 +61,12 @@ def min_halo(artifact: Path | None, config: dict, params) -> int:
     return HALO
 
 
+def align(artifact: Path | None, config: dict, params) -> int:
+    """1: SAM 2 resizes the whole box to 1024 px, so no box start gives the grid another box sees;
+    its point prompts are also spread over the box. Results depend on the box (docs/merge.md)."""
+    return 1
+
+
 def prepare(image, channel: int | None, params) -> dict:
     return channel_percentiles(image, channel, MAX_CHANNELS, NAME)
 

@@ -10,7 +10,9 @@ the image-wide normalisation). The location's `config` mapping is not read.
 Input: YX / ZYX with as many channels as the model was trained on (channels first from the
 step, channels last for StarDist). Normalisation: image-wide percentiles from prepare(), StarDist's
 own `normalizer` off. Scores: each object's probability (its centre's object probability).
-min_halo: the network's receptive field, computed from config.json alone (no TensorFlow).
+min_halo: the network's receptive field, and align: its total stride (grid x U-Net pooling),
+both computed from config.json alone (no TensorFlow). With box starts on that stride and the
+halo covering the receptive field, a split run gives the whole-image objects exactly.
 GPU: TensorFlow uses one if its CUDA build is installed (envs/stardist.txt says how); the log
 says which.
 """
@@ -128,6 +130,18 @@ def receptive_field(cfg: dict) -> tuple[int, ...]:
 def min_halo(artifact: Path | None, config: dict, params) -> int:
     """The receptive field of the model's network (the largest over the axes, in pixels)."""
     return max(receptive_field(read_config(artifact)))
+
+
+def align(artifact: Path | None, config: dict, params) -> tuple[int, ...]:
+    """Per spatial axis, the network's total stride: its grid times the U-Net's pooling over its
+    depth (the grid alone for a ResNet backbone), what StarDist itself pads every input to."""
+    cfg = read_config(artifact)
+    n_dim = int(cfg["n_dim"])
+    grid = np.broadcast_to(np.asarray(cfg.get("grid", [1] * n_dim), int), n_dim)
+    if cfg.get("backbone", "unet") == "unet":
+        pool = np.broadcast_to(np.asarray(cfg.get("unet_pool", [2] * n_dim), int), n_dim)
+        return tuple(int(v) for v in pool ** int(cfg["unet_n_depth"]) * grid)
+    return tuple(int(v) for v in grid)
 
 
 def prepare(image, channel: int | None, params) -> dict:

@@ -39,9 +39,11 @@ def plan(*, image_path: Path, sample_id: str, axes: str | None, channel: int | N
         ndim = len(image.spatial_shape)
         requested = planner.parse_num_substacks(num_substacks, ndim)
         halo = planner.parse_overlap(overlap, ndim)
+        # box starts on the network's stride: every box sees the pixel grid the whole image does
         sizing = {"bytes_per_voxel": adapter.BYTES_PER_VOXEL + image.n_channels * image.dtype.itemsize,
                   "memory_budget": parse_memory(substack_memory),
-                  "fixed_bytes": adapter.RUNTIME_BYTES + size_on_disk(artifact_path(model))}
+                  "fixed_bytes": adapter.RUNTIME_BYTES + size_on_disk(artifact_path(model)),
+                  "align": adapter.align(artifact_path(model), artifact.get("config", {}), params)}
         the_plan = planner.plan_substacks(image.spatial_shape, image.spatial_axes, requested, halo, **sizing)
         floor = adapter.min_halo(artifact_path(model), artifact.get("config", {}), params)
         if min(the_plan.overlap) < floor:
@@ -84,7 +86,7 @@ def plan(*, image_path: Path, sample_id: str, axes: str | None, channel: int | N
     n = len(the_plan.substacks)
     Path(out).with_suffix(".status").write_text(f"{'hit' if hit else 'miss'} {n}\n")
     log(f"{sample_id}: {image.axes} {'x'.join(map(str, image.shape))} -> "
-        + (f"in the cache ({hit})" if hit else f"{n} substack(s), grid {the_plan.grid}, overlap {the_plan.overlap}"))
+        + (f"in the cache ({hit})" if hit else f"{n} substack(s), grid {the_plan.grid}, overlap {the_plan.overlap}, box starts on multiples of {the_plan.align}"))
     return job
 
 
