@@ -3,8 +3,9 @@
 The first tests need no environment: halo, channel handling, the image-wide scaling, refusing
 what would make cellpose download or label 3D slices on their own. The family tests run a
 random-weight CPSAM network (tests/families/build_cellposesam.py: SAM's ViT-L at random, saved
-with the network's own save_model as the one-file `cpsam` artifact) in bf16 on the CPU. The
-ViT-L is slow there (~10 s per 256x256 tile), so the images are small: a 128x128 image (twice:
+with the network's own save_model as the one-file `cpsam` artifact) on the CPU, at the default
+precision `auto` (fp32 on a CPU without native bf16, as CI's: there a 128x128 image took 45 s
+in fp32, on a loaded machine, and 215 s in emulated bf16). The ViT-L is slow there, so the images are small: a 128x128 image (twice:
 determinism), an 80x128 substack-sized box and a 4x96x96 volume per slice with stitching (do_3D
 would run the network on every xz and yz plane: minutes). Random weights say nothing about
 accuracy: the tests check shapes, uint32 ids 1..n, determinism, ids stitched through z, that the
@@ -115,3 +116,20 @@ def test_cellposesam_3d_per_slice_masks_are_stitched_into_3d_ids(cellposesam_run
 @pytest.mark.families
 def test_cellposesam_writes_nothing_in_home_or_the_artifact_folder(cellposesam_run):
     assert_left_no_trace(cellposesam_run)
+
+
+@pytest.mark.parametrize("flags, expected", [("fpu avx2 avx512f", False), ("fpu avx512_bf16 avx2", True),
+                                             ("amx_bf16 amx_tile", True)])
+def test_cellposesam_auto_precision_is_bf16_only_where_the_hardware_computes_it(tmp_path, flags, expected):
+    (tmp_path / "cpuinfo").write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert runtime.cpu_has_bf16(str(tmp_path / "cpuinfo")) is expected
+    assert not runtime.cpu_has_bf16(str(tmp_path / "absent"))
+
+
+def test_cellposesam_precision_choice(monkeypatch):
+    cpu, gpu = SimpleNamespace(type="cpu"), SimpleNamespace(type="cuda")
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    assert (cellposesam.use_bf16("auto", cpu), cellposesam.use_bf16("auto", gpu)) == (False, True)
+    assert cellposesam.use_bf16("bf16", cpu) and not cellposesam.use_bf16("fp32", gpu)
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    assert cellposesam.use_bf16("auto", cpu)

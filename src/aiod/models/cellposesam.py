@@ -14,7 +14,7 @@ substack (cellpose's own per-image normalisation is switched off).
 
 Parameters (the manifest's): diameter (null: no rescaling; else the image is rescaled by
 30 / diameter, as in cellpose 4), flow_threshold, cellprob_threshold, min_size, niter, do_3D,
-stitch_threshold (3D per slice when do_3D is false), flow3D_smooth, precision (bf16 | fp32),
+stitch_threshold (3D per slice when do_3D is false), flow3D_smooth, precision (auto | bf16 | fp32),
 batch_size. `config` keys read: none.
 """
 
@@ -78,13 +78,20 @@ def load(artifact: Path | None, config: dict, params):
 
     models.cache_model_path = no_download  # cellpose 4 fetches unknown names from Hugging Face
     device = runtime.torch_device(NAME)
-    # bf16 on GPU and on the CPU: bf16 is cellpose 4's own default on every device (the published
-    # cpsam results use it; the weights are stored in float32 and cast at load), and on the CPU it
-    # is ~3x faster than fp32 (11 s vs 31 s for 256x256, FACTS.md). precision=fp32 for full precision.
-    model = models.CellposeModel(pretrained_model=str(path), device=device,
-                                 use_bfloat16=params.precision == "bf16")
-    runtime.log(f"{NAME}: loaded {path.name} ({params.precision}) on {device}")
+    bf16 = use_bf16(params.precision, device)
+    model = models.CellposeModel(pretrained_model=str(path), device=device, use_bfloat16=bf16)
+    runtime.log(f"{NAME}: loaded {path.name} ({'bf16' if bf16 else 'fp32'}, precision {params.precision}) on {device}")
     return model
+
+
+def use_bf16(precision: str, device) -> bool:
+    """bf16 is cellpose 4's own default (the published cpsam results use it; the weights are
+    stored in float32 and cast at load). `auto` takes it where the hardware computes it: a GPU, or
+    a CPU with AVX512-BF16 or AMX (256x256 in 11 s against 31 s in fp32, FACTS.md). A CPU without
+    them emulates it: a 128x128 image took 215 s in bf16 on an AVX2 machine, so `auto` is fp32 there."""
+    if precision != "auto":
+        return precision == "bf16"
+    return device.type == "cuda" or runtime.cpu_has_bf16()
 
 
 def segment(model, array: np.ndarray, params, prepared: dict, spacing) -> tuple[np.ndarray, dict | None]:

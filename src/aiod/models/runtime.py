@@ -50,6 +50,16 @@ def torch_device(family: str):
     return device
 
 
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether the CPU computes bfloat16 natively (the avx512_bf16 or amx_bf16 flag; False where
+    the flags cannot be read)."""
+    try:
+        flags = Path(cpuinfo).read_text(errors="replace").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def sample_values(image, channel: int | None, max_voxels: int) -> np.ndarray:
     """Up to `max_voxels` voxel values (float64, flat) read as whole blocks spread evenly over
     the image: all of a small image, bounded reads of a large one. Image-wide statistics
