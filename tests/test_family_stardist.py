@@ -19,14 +19,14 @@ from pipeline_helpers import tree_digest
 
 pytestmark = pytest.mark.families
 
-# F1@0.5 against the bundled ground truth (tests/families/train_stardist.py, seeded, CPU, one
-# thread), measured on training runs: 2D 0.704 (two threads), 0.748, 0.748. 3D, after 400 steps
-# on the one 31x61x57 volume: 0.960, 0.970, 0.931, 0.970 (four seeds). TensorFlow's training is
-# not deterministic (stardist feeds it through a parallel tf.data map): at 150 steps the same
-# seed gave 0.79 here and 0.07 in CI, so the 3D model now trains 400 steps. The floors leave a
-# margin below the lowest.
+# F1@0.5 against the bundled ground truth (tests/families/train_stardist.py, seeded, CPU),
+# measured on training runs: 2D 0.704 (two threads), 0.748, 0.748 (one). 3D, the small U-Net on
+# the one 31x61x57 volume: 0.845 and 0.76 after 400 steps (seeds 0, 1), 0.82 after 600 (seed 1);
+# trainings whose probability collapsed (F1 0) are trained again by the script from the next
+# seed. TensorFlow's training is not deterministic (stardist feeds it through a parallel tf.data
+# map). The floors leave a margin below the lowest.
 F1_FLOOR_2D = 0.6
-F1_FLOOR_3D = 0.75
+F1_FLOOR_3D = 0.7
 
 
 @pytest.fixture(scope="module")
