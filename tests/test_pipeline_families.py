@@ -149,7 +149,10 @@ def test_a_random_weight_model_runs_whole_and_split_as_its_adapter_does(tmp_path
     # Split: these families' least halo (128 px) covers this small image, so every substack sees
     # the whole image and labels every object; the merge must make each object crossing the seams
     # one object again: the whole-image result, object for object. (Substacks that see part of
-    # the image: the trained families' tests above.)
+    # the image: the trained families' tests above.) Not for cellposesam: four more ViT-L tasks
+    # (~1 min each on a CPU) for the same merge of boxes that all saw the whole image.
+    if family == "cellposesam":
+        return
     split, rows = run_family(tmp_path / "split2d", family, built["version"], lab, images["2d"], *options,
                              "--num_substacks", "2")
     assert len(processes(rows, "SEGMENT", "COMPLETED")) == 4
