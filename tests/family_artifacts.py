@@ -28,7 +28,7 @@ import pytest
 import tifffile
 
 from aiod import synthetic
-from family_envs import run_in_family
+from family_envs import run_in_family, session_dir
 
 RUNNER = "cellposesam_sam2_empanada_segment.py"
 NO_NETWORK = {**{var: "http://127.0.0.1:9" for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")},
@@ -38,7 +38,7 @@ NO_NETWORK = {**{var: "http://127.0.0.1:9" for var in ("HTTP_PROXY", "HTTPS_PROX
 @pytest.fixture(scope="session")
 def built_artifact(tmp_path_factory):
     keep = os.environ.get("AIOD_TEST_ARTIFACTS")
-    base = Path(keep) if keep else tmp_path_factory.mktemp("built_artifacts")
+    base = Path(keep) if keep else session_dir(tmp_path_factory, "built_artifacts")  # built once per session
 
     def build(family: str) -> dict:
         index = base / family / "built.json"
