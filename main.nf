@@ -139,42 +139,58 @@ workflow {
     // [samplesheet, its absolute path]: [images.csv, '/data/images.csv']
     CHECK_INPUT(channel.of([samplesheet, samplesheet.toAbsolutePath().toString()]), code.CHECK_INPUT)
 
-    // [meta, image]: [[id: 'field1', axes: 'YX', channel: ''], /data/field1.tif]
-    ch_images = CHECK_INPUT.out.samples
+    // [plan batch, [meta...], [image...]]: [0, [[id: 'field1', axes: 'YX', channel: '', image: '/data/field1.tif'], ...], [...]]
+    // CHECK_INPUT numbers the PLAN task of each image (aiod.batches): many small images share one
+    ch_plan_batches = CHECK_INPUT.out.samples
         .splitCsv(header: true)
-        .map { row -> [[id: row.id, axes: row.axes, channel: row.channel], file(row.image)] }
+        .map { row -> [row.plan_batch as int, [id: row.id, axes: row.axes, channel: row.channel, image: row.image], file(row.image)] }
+        .groupTuple()
+    PLAN(ch_plan_batches, ch_model.first(), code.PLAN)
 
-    PLAN(ch_images, ch_model.first(), code.PLAN)
-
-    // [meta, plan, status, n]: [[id: 'field1', ...], plan.json, 'miss', '4'] split by cache status
-    ch_planned = PLAN.out.plan.branch { meta, plan, status, n ->
-        hit: status == 'hit'
-        miss: true
+    // [metas by id, job files by id, batches.json parsed]: what each PLAN task found and planned
+    ch_planned = PLAN.out.plan.map { metas, jobs, batches ->
+        [metas.collectEntries { m -> [(m.id): m] }, asList(jobs).collectEntries { j -> [(j.name.substring(0, j.name.length() - 5)): j] },
+         new groovy.json.JsonSlurper().parse(batches.toFile())]
     }
 
-    // [meta + substack, image, plan]: one element per substack of every image not in the cache
-    ch_substacks = ch_planned.miss
-        .join(ch_images)
-        .flatMap { meta, plan, status, n, image ->
-            (0..<(n as int)).collect { i -> [meta + [substack: i, n_substacks: n as int], image, plan] }
+    // [batch, [job...], [image...]]: one SEGMENT task per batch of substacks, from one image or many
+    ch_segment = ch_planned.flatMap { metas, jobs, batches ->
+        batches.segment.collect { b ->
+            def ids = b.items.collect { item -> item[0] }.unique()
+            def items = b.items.collect { id, substack, n -> [id: id, substack: substack, n: n, job: ids.indexOf(id)] }
+            [[name: b.name, memory: b.memory, items: items, jobs: ids.collect { id -> jobs[id].toString() }], ids.collect { id -> jobs[id] }, ids.collect { id -> file(metas[id].image) }]
         }
-    SEGMENT(ch_substacks, code.SEGMENT)
+    }
+    SEGMENT(ch_segment, code.SEGMENT)
 
-    // [meta, plan, [substack labels]]: an image's merge starts as soon as its own substacks are done
-    ch_to_merge = SEGMENT.out.labels
-        .map { meta, labels -> [groupKey(meta.id, meta.n_substacks), labels] }
+    // [batch, [[item, its output]...]]: a substack's labels, or the result of an image planned as one substack
+    ch_segmented = SEGMENT.out.labels.map { batch, outs -> [batch, asList(outs).collect { out -> [batch.items[out.name as int], out] }] }
+
+    // [meta, job, [substack labels]]: an image's merge starts as soon as its own substacks are done
+    ch_to_merge = ch_segmented
+        .flatMap { batch, outs -> outs.findAll { item, out -> item.n > 1 } }
+        .map { item, labels -> [groupKey(item.id, item.n), labels] }
         .groupTuple()
         .map { key, labels -> [key.toString(), labels] }
-        .join(ch_planned.miss.map { meta, plan, status, n -> [meta.id, meta, plan] })
-        .map { id, labels, meta, plan -> [meta, plan, labels] }
+        .join(ch_planned.flatMap { metas, jobs, batches ->
+            batches.n_substacks.findAll { id, n -> n > 1 && !(id in batches.hits) }.collect { id, n -> [id, metas[id], jobs[id]] }
+        })
+        .map { id, labels, meta, job -> [meta, job, labels] }
     MERGE(ch_to_merge, code.MERGE)
 
-    // [meta, plan, result or []]: merged results go into the cache, hits are published from it
-    ch_final = MERGE.out.result.mix(ch_planned.hit.map { meta, plan, status, n -> [meta, plan, []] })
+    // [[id...], [job...], [result...] or []]: results go into the cache and out a batch at a time:
+    // those one SEGMENT task made together, each merged one alone, one PLAN task's cache hits together
+    ch_final = ch_segmented
+        .map { batch, outs -> outs.findAll { item, out -> item.n == 1 }.collect { item, out -> [item.id, file(batch.jobs[item.job]), out] } }
+        .filter { done -> done }
+        .map { done -> done.transpose() }
+        .mix(MERGE.out.result.map { meta, job, result -> [[meta.id], [job], [result]] })
+        .mix(ch_planned.filter { metas, jobs, batches -> batches.hits }
+            .map { metas, jobs, batches -> [batches.hits, batches.hits.collect { id -> jobs[id] }, []] })
     FINALIZE(ch_final, code.FINALIZE)
 
-    FINALIZE.out.record
-        .map { meta, record -> new groovy.json.JsonSlurper().parse(record.toFile()) }
+    FINALIZE.out.records
+        .flatMap { ids, records -> asList(records).collect { record -> new groovy.json.JsonSlurper().parse(record.toFile()) } }
         .toSortedList { a, b -> a.id <=> b.id }
         .subscribe { records -> if (records) { log.info(summaryText(records, params.outdir)) } }
 
@@ -188,6 +204,11 @@ workflow {
         def why = workflow.errorMessage ?: (workflow.errorReport ?: '').readLines().find { line -> line.trim() } ?: 'see .nextflow.log'
         log.error(reasons ? reasons.join('\n') : "AIoD stopped: ${why}")
     }
+}
+
+// A process output of one or several files, as a list.
+def asList(files) {
+    return files instanceof List ? files : [files]
 }
 
 // One line per image: where it came from (cache or computed), objects found, where it went.

@@ -59,13 +59,13 @@ def test_happy_path_reads_resolves_and_writes_the_normalized_csv(folder):
     with open(folder / "samples.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["id", "image", "axes", "channel", "ground_truth", "spatial_shape",
-                             "canonical_axes"]
+                             "canonical_axes", "plan_batch"]
     assert rows[0] == {"id": "a", "image": str(folder / "img" / "a.tif"), "axes": "YX",
                        "channel": "", "ground_truth": str(folder / "img" / "gt.tif"),
-                       "spatial_shape": "32x48", "canonical_axes": "YX"}
+                       "spatial_shape": "32x48", "canonical_axes": "YX", "plan_batch": "0"}
     assert rows[1] == {"id": "vol-1.b", "image": str(folder / "img" / "vol.tif"),
                        "axes": "ZCYX", "channel": "1", "ground_truth": "",
-                       "spatial_shape": "4x32x48", "canonical_axes": "CZYX"}
+                       "spatial_shape": "4x32x48", "canonical_axes": "CZYX", "plan_batch": "0"}
 
 
 def test_columns_may_come_in_any_order_and_optional_ones_may_be_missing(folder):

@@ -42,7 +42,7 @@ def plan(tmp_path, image_path, model_json, name="plan.json", **kw):
 def test_steps_from_plan_to_cache_and_back(tmp_path, image, model_json, monkeypatch):
     image_path, gt = image
     job = plan(tmp_path, image_path, model_json)
-    assert (tmp_path / "plan.status").read_text() == "miss 4\n"
+    assert not job["cache_hit"] and len(job["plan"]["substacks"]) == 4
     assert job["plan"]["grid"] == [2, 2] and min(job["plan"]["overlap"]) >= 24
     subs = []
     for i in range(4):
@@ -61,7 +61,7 @@ def test_steps_from_plan_to_cache_and_back(tmp_path, image, model_json, monkeypa
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "publish" / "img.tif"), mask)
 
     again = plan(tmp_path, image_path, model_json, name="again.json")
-    assert (tmp_path / "again.status").read_text() == "hit 4\n" and again["key"] == job["key"]
+    assert again["cache_hit"] and again["key"] == job["key"]
     hit = finalize_step.finalize(job_json=tmp_path / "again.json", result=None, sample_id="img", root_dir=tmp_path / "root", tiff=False)
     assert hit["cache_hit"] is True and hit["cache_entry"] == record["cache_entry"]
 
@@ -263,10 +263,8 @@ def test_plan_with_verify_cache_recomputes_an_entry_whose_bytes_changed(tmp_path
     finalize_step.finalize(job_json=tmp_path / "plan.json", result=fake_result(tmp_path / "r"), sample_id="img",
                            root_dir=tmp_path / "root", tiff=False)
     (tmp_path / "root" / "aiod_cache" / "classical" / "nuclei_masks" / job["key"] / "labels.ome.zarr" / "chunk").write_bytes(b"LABELS")
-    plan(tmp_path, image[0], model_json, name="hit.json")
-    assert (tmp_path / "hit.status").read_text() == "hit 4\n"
-    plan(tmp_path, image[0], model_json, name="verified.json", verify_cache=True)
-    assert (tmp_path / "verified.status").read_text() == "miss 4\n"
+    assert plan(tmp_path, image[0], model_json, name="hit.json")["cache_hit"]
+    assert not plan(tmp_path, image[0], model_json, name="verified.json", verify_cache=True)["cache_hit"]
     assert "labels.ome.zarr/chunk does not match its blake2b checksum" in capsys.readouterr().err
 
 

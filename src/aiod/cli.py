@@ -97,16 +97,35 @@ def _check_input(a):
 
 
 def _plan(a):
-    from .steps.plan import plan
-    plan(image_path=Path(a.image), sample_id=a.id, axes=a.axes, channel=a.channel, model_json=Path(a.model),
-               num_substacks=a.num_substacks, overlap=a.overlap, substack_memory=a.substack_memory,
-               root_dir=Path(a.root_dir), fingerprint_mode=a.fingerprint, out=Path(a.out), verify_cache=a.verify_cache,
-               claim_stale_seconds=a.claim_stale_seconds, claim_poll_seconds=a.claim_poll_seconds)
+    from .errors import InputError
+    from .steps.plan import plan, plan_batch
+    common = dict(model_json=Path(a.model), num_substacks=a.num_substacks, overlap=a.overlap,
+                  substack_memory=a.substack_memory, root_dir=Path(a.root_dir), fingerprint_mode=a.fingerprint,
+                  verify_cache=a.verify_cache, claim_stale_seconds=a.claim_stale_seconds,
+                  claim_poll_seconds=a.claim_poll_seconds)
+    if a.rows:
+        rows = _tsv(a.rows, ("id", "image", "axes", "channel"))
+        plan_batch(rows=rows, out_dir=Path(a.out_dir or "jobs"), batch=a.batch, name=a.name, **common)
+    elif a.id and a.image and a.out:
+        job = plan(image_path=Path(a.image), sample_id=a.id, axes=a.axes, channel=a.channel, out=Path(a.out), **common)
+        Path(a.out).with_suffix(".status").write_text(f"{'hit' if job['cache_hit'] else 'miss'} {len(job['plan']['substacks'])}\n")
+    else:
+        raise InputError("aiod plan: give --id, --image and --out for one image, or --rows for a batch")
+
+
+def _tsv(path, columns: tuple[str, ...]) -> list[dict]:
+    """Rows of a tab-separated file the pipeline writes (no header; empty cells are '')."""
+    lines = [line.split("\t") for line in Path(path).read_text().splitlines() if line.strip()]
+    return [dict(zip(columns, cells + [""] * (len(columns) - len(cells)))) for cells in lines]
 
 
 def _segment(a):
-    from .steps.segment import segment
-    segment(job_json=Path(a.plan), image_path=Path(a.image), index=a.index, out=Path(a.out))
+    from .steps.segment import segment, segment_batch
+    if a.items:
+        segment_batch([(Path(r["job"]), Path(r["image"]), int(r["index"]), Path(r["out"]))
+                       for r in _tsv(a.items, ("job", "image", "index", "out"))])
+    else:
+        segment(job_json=Path(a.plan), image_path=Path(a.image), index=a.index, out=Path(a.out))
 
 
 def _merge(a):
@@ -115,10 +134,15 @@ def _merge(a):
 
 
 def _finalize(a):
-    from .steps.finalize import finalize
-    finalize(job_json=Path(a.plan), result=Path(a.result) if a.result else None, sample_id=a.id,
-             root_dir=Path(a.root_dir), tiff=a.tiff, outdir=Path(a.outdir) if a.outdir else None,
-             publish_mode=a.publish_mode)
+    from .steps.finalize import finalize, finalize_batch
+    common = dict(root_dir=Path(a.root_dir), tiff=a.tiff, outdir=Path(a.outdir) if a.outdir else None,
+                  publish_mode=a.publish_mode)
+    if a.items:
+        Path(a.records).mkdir(parents=True, exist_ok=True)
+        finalize_batch([(r["id"], Path(r["job"]), Path(r["result"]) if r["result"] else None)
+                        for r in _tsv(a.items, ("id", "job", "result"))], workdir=Path(a.records), **common)
+    else:
+        finalize(job_json=Path(a.plan), result=Path(a.result) if a.result else None, sample_id=a.id, **common)
 
 
 def _cache(a):
@@ -192,9 +216,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=_check_input)
 
-    s = sub.add_parser("plan", help="identify an image, look it up in the cache, plan its substacks")
-    s.add_argument("--id", required=True)
-    s.add_argument("--image", required=True)
+    s = sub.add_parser("plan", help="identify images, look them up in the cache, plan their substacks")
+    s.add_argument("--id", help="one image: its id (with --image and --out)")
+    s.add_argument("--image")
+    s.add_argument("--rows", help="a batch of images: a TSV of id, image, axes, channel (no header)")
+    s.add_argument("--out-dir", help="with --rows: where each image's job file goes (<id>.json); batches.json beside it")
+    s.add_argument("--batch", default="auto", help="substacks per SEGMENT task: auto, a count (8) or voxels (64M)")
+    s.add_argument("--name", default="", help="with --rows: the prefix of the SEGMENT batches' names")
     s.add_argument("--axes")
     s.add_argument("--channel", type=int)
     s.add_argument("--model", required=True, help="model.json from resolve-model")
@@ -208,14 +236,15 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--claim-stale-seconds", type=float, default=600.0,
                    help="a run that claimed the key and gave no sign of life for this long is taken over")
     s.add_argument("--claim-poll-seconds", type=float, default=5.0, help="how often to look while waiting for another run")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out")
     s.set_defaults(func=_plan)
 
-    s = sub.add_parser("segment", help="segment one substack")
-    s.add_argument("--plan", required=True)
-    s.add_argument("--image", required=True)
-    s.add_argument("--index", type=int, required=True)
-    s.add_argument("--out", required=True)
+    s = sub.add_parser("segment", help="segment one substack, or a batch of them with the model loaded once")
+    s.add_argument("--items", help="a batch: a TSV of job file, image, substack index, out (no header)")
+    s.add_argument("--plan")
+    s.add_argument("--image")
+    s.add_argument("--index", type=int)
+    s.add_argument("--out")
     s.set_defaults(func=_segment)
 
     s = sub.add_parser("merge", help="merge substack labels into one OME-Zarr mask (docs/merge.md)")
@@ -224,10 +253,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("substacks", nargs="+")
     s.set_defaults(func=_merge)
 
-    s = sub.add_parser("finalize", help="move a result into the cache, or fetch it from there, for publishing")
-    s.add_argument("--plan", required=True)
+    s = sub.add_parser("finalize", help="move results into the cache, or fetch them from there, and publish them")
+    s.add_argument("--items", help="a batch: a TSV of id, job file, result folder or empty for a cache hit (no header)")
+    s.add_argument("--records", default="records", help="with --items: where each image's record goes (<id>.json)")
+    s.add_argument("--plan")
     s.add_argument("--result")
-    s.add_argument("--id", required=True)
+    s.add_argument("--id")
     s.add_argument("--root-dir", required=True)
     s.add_argument("--tiff", action="store_true")
     s.add_argument("--outdir", help="publish the result here (docs/output.md); without it, only the task folder gets it")

@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import csv
 import difflib
+import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .batches import plan_groups
 from .errors import InputError, SamplesheetError
 from .imageio import check_axes, open_image
 
 COLUMNS = ("id", "image", "axes", "channel", "ground_truth")
 REQUIRED = ("id", "image")
 CHECKED_COLUMNS = ("id", "image", "axes", "channel", "ground_truth", "spatial_shape",
-                   "canonical_axes")
+                   "canonical_axes", "plan_batch")
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 
 
@@ -220,20 +222,22 @@ def check_samples(samples: list[Sample], open_images: bool = True) -> list[Check
 def write_checked(checked: list[CheckedSample], out_csv) -> None:
     """Write the normalized CSV the pipeline reads: id, image (absolute), axes, channel (as
     given or empty), ground_truth (absolute or empty), spatial_shape (e.g. 64x128x128),
-    canonical_axes (e.g. CZYX).
+    canonical_axes (e.g. CZYX), plan_batch (the PLAN task that takes the image: aiod.batches).
 
     `axes` is the resolved STORED axis order (e.g. ZCYX, or TZCYX with T=1): the pipeline passes
     it back to `open_image(image, axes)`, which then reads the image exactly as checked here.
     The canonical order is not a valid declaration for files stored in another order. Without
     opened images, `axes` is the declared value and the last two columns are empty."""
+    groups = plan_groups([math.prod(c.spatial_shape) * (c.n_channels or 1) if c.spatial_shape else None
+                          for c in checked])
     with open(out_csv, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(CHECKED_COLUMNS)
-        for c in checked:
+        for c, group in zip(checked, groups):
             w.writerow([c.sample.id, str(c.image), c.source_axes or c.sample.axes or "",
                         "" if c.sample.channel is None else c.sample.channel,
                         "" if c.ground_truth is None else str(c.ground_truth),
-                        _dims(c.spatial_shape or ()), c.axes or ""])
+                        _dims(c.spatial_shape or ()), c.axes or "", group])
 
 
 

@@ -1,25 +1,31 @@
 process FINALIZE {
-    tag "${meta.id}"
+    tag "${ids.size() == 1 ? ids[0] : "${ids[0]}..${ids[-1]} (${ids.size()} images)"}"
     label 'cpu_small'
 
     input:
-    tuple val(meta), path(plan), path(result)  // result: MERGE's output, or [] when the cache already has it
+    // ids[k] is published from jobs[k] and results[k]; results are absent ([]) for cache hits
+    tuple val(ids), path(jobs, stageAs: 'jobs/?/*'), path(results, stageAs: 'results/?/*')
     val code                                   // digest of the Python files this step runs: a change reruns the task
 
     output:
-    tuple val(meta), path("${meta.id}.ome.zarr"), emit: labels   // a link to the cache entry's labels
-    tuple val(meta), path("${meta.id}.json"), emit: record       // the record, as published (ext.args --outdir)
+    tuple val(ids), path('records/*.json'), emit: records   // each image's record, as published (ext.args --outdir)
 
     script:
     def args = task.ext.args ?: ''
-    def from_merge = result ? "--result ${result}" : ''
+    def staged_jobs = jobs instanceof List ? jobs : [jobs]
+    def staged_results = results instanceof List ? results : (results ? [results] : [])
+    def rows = ids.withIndex().collect { id, k ->
+        [id, staged_jobs[k], staged_results ? staged_results[k] : ''].join('\t') }
     """
-    aiod finalize --plan ${plan} ${from_merge} --id '${meta.id}' ${args}
+    cat > items.tsv <<'AIOD_ITEMS'
+${rows.join('\n')}
+AIOD_ITEMS
+    aiod finalize --items items.tsv --records records ${args}
     """
 
     stub:
     """
-    mkdir ${meta.id}.ome.zarr
-    echo '{"id": "${meta.id}", "objects": 0, "cache": "stub"}' > ${meta.id}.json
+    mkdir records
+    ${ids.collect { id -> "echo '{\"id\": \"${id}\", \"objects\": 0, \"cache\": \"stub\"}' > records/${id}.json" }.join('\n    ')}
     """
 }

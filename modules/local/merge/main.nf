@@ -3,16 +3,16 @@ process MERGE {
     label 'cpu_large'
 
     input:
-    tuple val(meta), path(plan), path(substacks, stageAs: 'substacks/*')
+    tuple val(meta), path(job), path(substacks, stageAs: 'substacks/*')
     val code          // digest of the Python files this step runs: a change reruns the task
 
     output:
-    tuple val(meta), path(plan), path('result'), emit: result
+    tuple val(meta), path(job), path('result'), emit: result
 
     script:
     def args = task.ext.args ?: ''
     """
-    aiod merge --plan ${plan} --out result ${args} substacks/*
+    aiod merge --plan ${job} --out result ${args} substacks/*
     """
 
     stub:

@@ -1,28 +1,30 @@
 process PLAN {
-    tag "${meta.id}"
+    tag "${metas.size() == 1 ? metas[0].id : "${metas[0].id}..${metas[-1].id} (${metas.size()} images)"}"
     label 'cpu_small'
 
     input:
-    tuple val(meta), path(image)
+    tuple val(batch), val(metas), path(images, stageAs: 'images/?/*')   // a batch of images (aiod.batches)
     path model
     val code          // digest of the Python files this step runs: a change reruns the task
 
     output:
-    tuple val(meta), path('plan.json'), env(CACHE_STATUS), env(N_SUBSTACKS), emit: plan
+    tuple val(metas), path('jobs/*.json'), path('batches.json'), emit: plan
 
     script:
     def args = task.ext.args ?: ''
-    def axes = meta.axes ? "--axes ${meta.axes}" : ''
-    def channel = meta.channel != '' ? "--channel ${meta.channel}" : ''
+    def staged = images instanceof List ? images : [images]
+    def rows = metas.withIndex().collect { m, i -> [m.id, staged[i], m.axes ?: '', m.channel ?: ''].join('\t') }
     """
-    aiod plan --id '${meta.id}' --image ${image} ${axes} ${channel} --model ${model} --out plan.json ${args}
-    read -r CACHE_STATUS N_SUBSTACKS < plan.status
+    cat > rows.tsv <<'AIOD_ROWS'
+${rows.join('\n')}
+AIOD_ROWS
+    aiod plan --rows rows.tsv --out-dir jobs --name p${batch} --model ${model} ${args}
     """
 
     stub:
     """
-    echo '{"id": "${meta.id}", "stub": true}' > plan.json
-    CACHE_STATUS=miss
-    N_SUBSTACKS=2
+    mkdir jobs
+    ${metas.collect { m -> "echo '{\"id\": \"${m.id}\", \"stub\": true}' > jobs/${m.id}.json" }.join('\n    ')}
+    echo '{"hits": [], "n_substacks": {${metas.collect { m -> "\"${m.id}\": 2" }.join(', ')}}, "segment": [${metas.collect { m -> "{\"name\": \"p${batch}.${m.id}\", \"items\": [[\"${m.id}\", 0, 2], [\"${m.id}\", 1, 2]], \"memory\": 0}" }.join(', ')}]}' > batches.json
     """
 }

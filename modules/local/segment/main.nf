@@ -1,22 +1,32 @@
 process SEGMENT {
-    tag "${meta.id}:${meta.substack + 1}/${meta.n_substacks}"
+    tag "${batch.items.size() == 1 ? "${batch.items[0].id}:${batch.items[0].substack + 1}/${batch.items[0].n}" : "${batch.name}: ${batch.items.size()} substacks"}"
     label 'gpu'
 
     input:
-    tuple val(meta), path(image), path(plan)
+    // batch: [name, memory (bytes, planned), items: [[id, substack, n, job (index into jobs)]]]
+    tuple val(batch), path(jobs, stageAs: 'jobs/?/*'), path(images, stageAs: 'images/?/*')
     val code          // digest of the Python files this step runs: a change reruns the task
 
     output:
-    tuple val(meta), path("substack_${meta.substack}.zarr"), emit: labels
+    tuple val(batch), path('out/*'), emit: labels   // out/<k>: item k's substack labels, or its result when n == 1
 
     script:
     def args = task.ext.args ?: ''
+    def staged_jobs = jobs instanceof List ? jobs : [jobs]
+    def staged_images = images instanceof List ? images : [images]
+    def rows = batch.items.withIndex().collect { item, k ->
+        [staged_jobs[item.job], staged_images[item.job], item.substack, "out/${k}"].join('\t') }
     """
-    aiod segment --plan ${plan} --image ${image} --index ${meta.substack} --out substack_${meta.substack}.zarr ${args}
+    mkdir out
+    cat > items.tsv <<'AIOD_ITEMS'
+${rows.join('\n')}
+AIOD_ITEMS
+    aiod segment --items items.tsv ${args}
     """
 
     stub:
     """
-    mkdir substack_${meta.substack}.zarr
+    mkdir out
+    ${batch.items.withIndex().collect { item, k -> "mkdir out/${k}" }.join('\n    ')}
     """
 }

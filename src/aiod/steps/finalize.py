@@ -12,6 +12,11 @@ from ..errors import AiodError
 from . import log
 
 
+def finalize_batch(items: list[tuple[str, Path, Path | None]], **common) -> list[dict]:
+    """`finalize` for each (id, job file, result or None) in turn: one task publishes a batch."""
+    return [finalize(job_json=job, result=result, sample_id=sample_id, **common) for sample_id, job, result in items]
+
+
 def finalize(*, job_json: Path, result: Path | None, sample_id: str, root_dir: Path, tiff: bool,
              outdir: Path | None = None, publish_mode: str = "copy", workdir: Path = Path(".")) -> dict:
     """Move a merged result into the cache (or find it there) and publish it into `outdir`

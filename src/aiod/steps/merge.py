@@ -27,10 +27,11 @@ def merge_result(*, job_json: Path, substacks: list[Path], out: Path) -> dict:
     """Merge substack labels into `out/labels.ome.zarr` and write `out/manifest.json`."""
     job = load_job(job_json)
     with claims.Heartbeat(**(job.get("claim") or {})):  # tell waiting runs that this key is being computed
-        return _merge_result(job, substacks, Path(out))
+        return write_result(job, substacks, Path(out))
 
 
-def _merge_result(job: dict, substacks: list[Path], out: Path) -> dict:
+def write_result(job: dict, substacks: list[Path], out: Path) -> dict:
+    """The merged labels (`out/labels.ome.zarr`) and the result's manifest (`out/manifest.json`)."""
     the_plan = planner.Plan.from_dict(job["plan"])
     name = label_name(job)
     out = Path(out)

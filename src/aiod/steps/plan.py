@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from pathlib import Path
 
-from .. import RESULT_FORMAT_VERSION, claims, imageio, planner
+from .. import RESULT_FORMAT_VERSION, batches, claims, imageio, planner
 from ..cache import Cache, cache_key
 from ..errors import InputError, PlanError
 from ..fingerprint import INDEX_DIR, check_mode, fingerprint
@@ -75,7 +76,9 @@ def plan(*, image_path: Path, sample_id: str, axes: str | None, channel: int | N
                       "scale": list(image.scale) if image.scale else None},
             "model": model, "plan": the_plan.to_dict(), "merge": MERGE_SETTINGS,
             "cache_entry": str(cache.entry(model["family"], model["version"], key)),
-            "prepared": None,
+            "prepared": None, "cache_hit": hit is not None,
+            # what a SEGMENT task of this image needs: fixed + per voxel of its box (aiod.batches)
+            "task_memory": {"fixed": sizing["fixed_bytes"], "per_voxel": sizing["bytes_per_voxel"]},
             "claim": {"path": str(claim_file), "token": claim["token"], "interval": claim_stale_seconds / 10} if claim else None,
         }
         if hit is None:
@@ -84,10 +87,36 @@ def plan(*, image_path: Path, sample_id: str, axes: str | None, channel: int | N
             log(f"{sample_id}: image-wide values {job['prepared']} in {time.time() - started:.1f} s")
     Path(out).write_text(json.dumps(job, indent=2))
     n = len(the_plan.substacks)
-    Path(out).with_suffix(".status").write_text(f"{'hit' if hit else 'miss'} {n}\n")
     log(f"{sample_id}: {image.axes} {'x'.join(map(str, image.shape))} -> "
         + (f"in the cache ({hit})" if hit else f"{n} substack(s), grid {the_plan.grid}, overlap {the_plan.overlap}, box starts on multiples of {the_plan.align}"))
     return job
+
+
+def plan_batch(*, rows: list[dict], out_dir: Path, batch: str = "auto", name: str = "", **common) -> dict:
+    """Plan every image of `rows` ({id, image, axes, channel}) into `out_dir/<id>.json`, and group
+    the substacks of those not in the cache into SEGMENT tasks (aiod.batches). Writes and returns
+    `out_dir/../batches.json`: {"hits": [id...], "n_substacks": {id: n}, "segment": [...]}."""
+    rule = batches.parse_batch(batch)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hits, works, n_substacks = [], [], {}
+    for row in rows:
+        job = plan(image_path=Path(row["image"]), sample_id=row["id"], axes=row.get("axes") or None,
+                   channel=None if row.get("channel") in (None, "") else int(row["channel"]),
+                   out=out_dir / f"{row['id']}.json", **common)
+        n_substacks[row["id"]] = len(job["plan"]["substacks"])
+        if job["cache_hit"]:
+            hits.append(row["id"])
+            continue
+        boxes = planner.Plan.from_dict(job["plan"]).substacks
+        works.append(batches.Work(row["id"], [math.prod(sub.box_shape) for sub in boxes],
+                                  job["task_memory"]["fixed"], job["task_memory"]["per_voxel"]))
+    summary = {"hits": hits, "n_substacks": n_substacks,
+               "segment": batches.segment_batches(works, rule, prefix=f"{name}." if name else "")}
+    (out_dir.parent / "batches.json").write_text(json.dumps(summary, indent=2))
+    log(f"{len(rows)} image(s): {len(hits)} in the cache, {sum(len(b['items']) for b in summary['segment'])} substack(s) "
+        f"to segment in {len(summary['segment'])} task(s)")
+    return summary
 
 
 def size_on_disk(path: Path | None) -> int:

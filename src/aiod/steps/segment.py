@@ -1,8 +1,14 @@
-"""`aiod segment`: segment one substack (its box, halo included) and write its labels."""
+"""`aiod segment`: segment substacks (each its box, halo included) and write their labels.
+
+A SEGMENT task takes a batch of substacks, from one image or many (aiod.batches), and loads the
+model once for all of them. An image planned as one substack needs no merge: its labels become
+the result here, renumbered and written as OME-Zarr, exactly as MERGE writes it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -10,34 +16,62 @@ from .. import claims, diskspace, imageio, planner, substack_labels
 from ..models import get_adapter, params_namespace
 from ..models.runtime import keep_libraries_out_of_home
 from . import artifact_path, log
+from .merge import write_result
 
 
 def segment(*, job_json: Path, image_path: Path, index: int, out: Path) -> None:
     """Segment one substack (its box, halo included) and write its labels."""
-    keep_libraries_out_of_home(Path(out).resolve().parent)  # the task's folder
-    job = json.loads(Path(job_json).read_text())
-    with claims.Heartbeat(**(job.get("claim") or {})):  # tell waiting runs that this key is being computed
-        _segment(job, image_path, index, out)
+    segment_batch([(Path(job_json), Path(image_path), index, Path(out))])
 
 
-def _segment(job: dict, image_path: Path, index: int, out: Path) -> None:
+def segment_batch(items: list[tuple[Path, Path, int, Path]]) -> None:
+    """Segment each (job file, image, substack index, out) in turn, with the model loaded once.
+    `out` gets the substack's label file, or the finished result (labels.ome.zarr + manifest.json)
+    when the image is one substack."""
+    keep_libraries_out_of_home(Path(items[0][3]).resolve().parent)  # the task's folder
+    jobs = {path: json.loads(Path(path).read_text()) for path in dict.fromkeys(p for p, _, _, _ in items)}
+    nets: dict[str, tuple] = {}
+    with contextlib.ExitStack() as stack:
+        for job in jobs.values():  # tell waiting runs that these keys are being computed
+            stack.enter_context(claims.Heartbeat(**(job.get("claim") or {})))
+        for job_path, image_path, index, out in items:
+            job = jobs[job_path]
+            model_key = json.dumps(job["model"], sort_keys=True)
+            if model_key not in nets:
+                nets[model_key] = _load(job["model"])
+            _segment(job, image_path, index, Path(out), *nets[model_key])
+
+
+def _load(model: dict) -> tuple:
+    started = time.time()
+    net = get_adapter(model["adapter"]).load(artifact_path(model), (model.get("artifact") or {}).get("config", {}),
+                                             params_namespace(model))
+    log(f"{model['family']}/{model['version']} loaded in {time.time() - started:.1f} s")
+    return net, time.time() - started
+
+
+def _segment(job: dict, image_path: Path, index: int, out: Path, net, load_s: float) -> None:
     model = job["model"]
     adapter, params = get_adapter(model["adapter"]), params_namespace(model)
     the_plan = planner.Plan.from_dict(job["plan"])
     sub = the_plan.substacks[index]
+    alone = len(the_plan.substacks) == 1
     log(f"{job['id']} substack {index}: box {sub.box}, {model['family']}/{model['version']}")
     started = time.time()
-    net = adapter.load(artifact_path(model), (model.get("artifact") or {}).get("config", {}), params)
-    load_s = time.time() - started
     # the resolved path: a task sees a staged link, messages name the user's file
     with imageio.open_image(Path(image_path).resolve(), axes=job["image"]["declared_axes"]) as image:
         array = image.read(sub.box_slices, job["image"]["channel"])
-    read_s = time.time() - started - load_s
+    read_s = time.time() - started
     labels, _scores = adapter.segment(net, array, params, job["prepared"], job["image"]["scale"])
     del array
-    seg_s = time.time() - started - load_s - read_s
-    diskspace.expect(out, labels.nbytes)  # at most: the labels before compression
+    seg_s = time.time() - started - read_s
+    target = out.with_name(f".{out.name}.substack") if alone else out
+    diskspace.expect(target, labels.nbytes)  # at most: the labels before compression
     n_objects = substack_labels.write_substack_labels(
-        out, labels, index, attrs={"load_seconds": load_s, "read_seconds": read_s, "segment_seconds": seg_s}, plan=the_plan)
-    log(f"{job['id']} substack {index}: {n_objects} objects, "
-        f"load {load_s:.1f} s, read {read_s:.1f} s, segment {seg_s:.1f} s")
+        target, labels, index, attrs={"load_seconds": load_s, "read_seconds": read_s, "segment_seconds": seg_s},
+        plan=the_plan)
+    del labels
+    log(f"{job['id']} substack {index}: {n_objects} objects, read {read_s:.1f} s, segment {seg_s:.1f} s")
+    if alone:  # the whole image in one box: write the result here, no MERGE task
+        write_result(job, [target], out)
+        shutil.rmtree(target)
