@@ -57,11 +57,20 @@ def ground_truth(folder, sample_id):
     return tifffile.imread(folder / f"{sample_id}_gt.tif")
 
 
-def test_split_run_segments_every_substack_as_its_own_task(split_run):
+def test_split_run_segments_all_small_substacks_in_one_task_and_merges_each_image(split_run):
     rows = trace_rows(split_run / "results", "first")
-    assert len(processes(rows, "SEGMENT", "COMPLETED")) == 4 * 4 + 8 + 8
+    assert len(processes(rows, "PLAN", "COMPLETED")) == 1  # six small images: one PLAN task
+    segment = processes(rows, "SEGMENT", "COMPLETED")
+    assert [r["tag"] for r in segment] == [f"p0.1: {4 * 4 + 8 + 8} substacks"]  # the model loaded once
     assert len(processes(rows, "MERGE", "COMPLETED")) == 6
-    assert len(processes(rows, "FINALIZE", "COMPLETED")) == 6
+    assert len(processes(rows, "FINALIZE", "COMPLETED")) == 6  # each merged image published as it is done
+
+
+def test_images_of_one_substack_need_no_merge_and_are_published_together(whole_run):
+    rows = trace_rows(whole_run / "results", "first")
+    assert len(processes(rows, "SEGMENT", "COMPLETED")) == 1 and processes(rows, "MERGE") == []
+    assert [r["tag"] for r in processes(rows, "FINALIZE", "COMPLETED")] == ["field_1..twochannel (6 images)"]
+    assert all(json.loads((whole_run / "results" / f"{i}.json").read_text())["n_objects"] > 0 for i in IDS)
 
 
 @pytest.mark.parametrize("sample_id", IDS)
@@ -115,7 +124,7 @@ def test_second_identical_run_segments_nothing_and_publishes_from_the_cache(spli
                         "--root_dir", str(split_run / "root"), "--num_substacks", "2", "--trace_report_suffix", "second")
     rows = trace_rows(split_run / "results", "second")
     assert processes(rows, "SEGMENT") == [] and processes(rows, "MERGE") == []
-    assert len(processes(rows, "FINALIZE", "COMPLETED")) == 6
+    assert len(processes(rows, "PLAN", "COMPLETED")) == 1 and len(processes(rows, "FINALIZE", "COMPLETED")) == 1
     assert {i: tree_digest(split_run / "results" / f"{i}.ome.zarr") for i in IDS} == before
     assert "6 image(s): 0 computed, 6 from the cache" in proc.stdout
     assert json.loads((split_run / "results" / "volume.json").read_text())["cache_hit"] is True

@@ -76,7 +76,7 @@ def test_stardist_published_as_a_zip_url_runs_split_in_four_and_gives_the_whole_
     assert record["model"]["artifact"]["sha256"] == location["sha256"]
     truth = tifffile.imread(nuclei_data / "nuclei_2d_mask.tif")
     assert split.shape == truth.shape and split.dtype == np.uint32
-    assert len(processes(rows, "SEGMENT", "COMPLETED")) == 4
+    assert [r["tag"] for r in processes(rows, "SEGMENT", "COMPLETED")] == ["p0.1: 4 substacks"]  # loaded once
     assert match_labels(truth, split, thresh=0.5).f1 >= 0.6  # the floor of tests/test_family_stardist.py
     # boxes on the network's stride: the split run has the whole image's objects, object for object
     whole, _ = segment_in_family("stardist", "2D_versatile_fluo", folder, nuclei_data / "nuclei_2d.tif",
@@ -91,7 +91,7 @@ def test_cellpose_runs_split_in_four_and_finds_the_annotated_nuclei(tmp_path, tr
                              "--num_substacks", "2")
     truth = tifffile.imread(nuclei_data / "nuclei_2d_mask.tif")
     assert split.shape == truth.shape and split.dtype == np.uint32
-    assert len(processes(rows, "SEGMENT", "COMPLETED")) == 4
+    assert [r["tag"] for r in processes(rows, "SEGMENT", "COMPLETED")] == ["p0.1: 4 substacks"]  # loaded once
     assert match_labels(truth, split, thresh=0.5).f1 >= 0.6  # the floor of tests/test_family_cellpose.py
     # objects crossing the borders come out whole; cellpose's own tiling and per-tile style keep a
     # split run from equalling the whole one exactly (docs/merge.md)
@@ -113,7 +113,7 @@ def test_a_trained_model_runs_on_a_volume_split_in_substacks(tmp_path, trained_a
                             "--model_params", str(tmp_path / "params.yaml"))
     truth = tifffile.imread(nuclei_data / "nuclei_3d_mask.tif")
     assert mask.shape == truth.shape and mask.dtype == np.uint32
-    assert len(processes(rows, "SEGMENT", "COMPLETED")) == 2
+    assert [r["tag"] for r in processes(rows, "SEGMENT", "COMPLETED")] == ["p0.1: 2 substacks"]
     assert match_labels(truth, mask, thresh=0.5).f1 >= floor
 
 
@@ -137,7 +137,9 @@ def test_a_random_weight_model_runs_in_the_pipeline_as_its_adapter_does(tmp_path
     options = ["--model_params", str(tmp_path / "params.yaml")]
 
     whole, rows = run_family(tmp_path / "whole", family, built["version"], lab, images, *options, "--num_substacks", "1")
-    assert len(processes(rows, "SEGMENT", "COMPLETED")) == 2
+    # both images in one task, the model loaded once; neither needs a MERGE
+    assert [r["tag"] for r in processes(rows, "SEGMENT", "COMPLETED")] == ["p0.1: 2 substacks"]
+    assert processes(rows, "MERGE") == []
     record = json.loads((tmp_path / "whole" / "results" / "2d.json").read_text())
     assert record["model"]["artifact"]["sha256"] == hashlib.sha256(built["artifact"].read_bytes()).hexdigest()
     assert record["model"]["params"] == {**record["model"]["params"], **params}

@@ -40,12 +40,13 @@ def test_killed_run_resumes_to_a_byte_identical_mask(tmp_path, sheet):
     reference = tmp_path / "reference"
     reference.mkdir()
     run_pipeline(reference, "--input", str(sheet), "--outdir", "results", "--root_dir", str(reference / "root"),
-                 "--num_substacks", "4")
+                 "--num_substacks", "4")  # one SEGMENT task of 16 substacks: the same result as 16 tasks
 
     work = tmp_path / "killed"
     work.mkdir()
     args = ["run", str(ROOT / "main.nf"), "-profile", "test", "-ansi-log", "false", "--input", str(sheet),
-            "--outdir", "results", "--root_dir", str(work / "root"), "--num_substacks", "4", "--trace_report_suffix", "killed"]
+            "--outdir", "results", "--root_dir", str(work / "root"), "--num_substacks", "4", "--batch", "1",
+            "--trace_report_suffix", "killed"]
     env = {**os.environ, "NXF_OFFLINE": "true", "NXF_DISABLE_CHECK_LATEST": "true"}
     proc = subprocess.Popen([NEXTFLOW, *args], cwd=work, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -60,7 +61,7 @@ def test_killed_run_resumes_to_a_byte_identical_mask(tmp_path, sheet):
     assert cache_entries(work / "root") == []
 
     run_pipeline(work, "--input", str(sheet), "--outdir", "results", "--root_dir", str(work / "root"),
-                 "--num_substacks", "4", "--trace_report_suffix", "resumed", resume=True)
+                 "--num_substacks", "4", "--batch", "1", "--trace_report_suffix", "resumed", resume=True)
     rows = trace_rows(work / "results", "resumed")
     assert len(processes(rows, "SEGMENT", "CACHED")) >= 2
     assert len(processes(rows, "SEGMENT")) == 16
@@ -71,7 +72,7 @@ def test_stub_run_walks_the_whole_dag(tmp_path, sheet):
     run_pipeline(tmp_path, "--input", str(sheet), "--outdir", "results", "--root_dir", str(tmp_path / "root"),
                  "--trace_report_suffix", "stub", stub=True)
     rows = trace_rows(tmp_path / "results", "stub")
-    for name, count in [("RESOLVE_MODEL", 1), ("CHECK_INPUT", 1), ("PLAN", 1), ("SEGMENT", 2), ("MERGE", 1), ("FINALIZE", 1)]:
+    for name, count in [("RESOLVE_MODEL", 1), ("CHECK_INPUT", 1), ("PLAN", 1), ("SEGMENT", 1), ("MERGE", 1), ("FINALIZE", 1)]:
         assert len(processes(rows, name, "COMPLETED")) == count, name
     assert not (tmp_path / "root" / "aiod_cache").exists()
 
@@ -114,11 +115,11 @@ def test_resume_reruns_exactly_the_tasks_whose_code_changed_and_never_for_resour
     assert {r["status"] for r in trace_rows(tmp_path / "results", "b")} == {"CACHED"}
 
     shutil.rmtree(tmp_path / "root" / "aiod_cache")  # so that a rerun PLAN has to segment again
-    edit(project_copy / "src" / "aiod" / "seams.py")  # only the merge step runs it
+    edit(project_copy / "src" / "aiod" / "steps" / "finalize.py")  # only the publishing step runs it
     run_pipeline(tmp_path, *common, "--trace_report_suffix", "c", project=project_copy, resume=True)
     assert statuses(trace_rows(tmp_path / "results", "c")) == {
         "RESOLVE_MODEL": {"CACHED"}, "CHECK_INPUT": {"CACHED"}, "PLAN": {"CACHED"}, "SEGMENT": {"CACHED"},
-        "MERGE": {"COMPLETED"}, "FINALIZE": {"COMPLETED"}}
+        "MERGE": {"CACHED"}, "FINALIZE": {"COMPLETED"}}
 
     edit(project_copy / "src" / "aiod" / "models" / "classical.py")  # planning and segmenting run it
     run_pipeline(tmp_path, *common, "--trace_report_suffix", "d", project=project_copy, resume=True)
@@ -133,4 +134,4 @@ def test_resume_reruns_exactly_the_tasks_whose_code_changed_and_never_for_resour
     assert statuses(rows) == {
         "RESOLVE_MODEL": {"CACHED"}, "CHECK_INPUT": {"CACHED"}, "PLAN": {"COMPLETED"}, "SEGMENT": {"COMPLETED"},
         "MERGE": {"COMPLETED"}, "FINALIZE": {"COMPLETED"}}
-    assert len(processes(rows, "SEGMENT")) == 4
+    assert len(processes(rows, "SEGMENT")) == 1  # four small substacks: one task

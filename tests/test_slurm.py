@@ -54,7 +54,7 @@ trace.fields = 'task_id,hash,native_id,process,tag,name,status,exit,attempt,memo
 """
 
 # One image in 3 substacks (1 x 3): 3 segmentation jobs, 2 at a time on the node's 2 GPUs.
-GRID = ["--num_substacks", "1,3"]
+GRID = ["--num_substacks", "1,3", "--batch", "1"]  # one SEGMENT job per substack
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +173,7 @@ def test_cancelled_job_fails_the_run_and_resume_gives_the_same_mask(cluster, dat
 
     resources = tmp_path / "resources.config"
     resources.write_text(f"includeConfig '{data / 'cluster.config'}'\n"
-                         "process { withLabel: 'gpu' { memory = 1200.MB; time = 30.min } }\n")
+                         "process { withName: 'SEGMENT' { memory = 1200.MB; time = 30.min } }\n")
     run_pipeline(tmp_path, *slurm_args(tmp_path, data, "resumed", *GRID, config=resources), profile="slurm,test",
                  resume=True)
     rows = trace_rows(tmp_path / "results", "resumed")
