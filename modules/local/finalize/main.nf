@@ -20,6 +20,7 @@ process FINALIZE {
     cat > items.tsv <<'AIOD_ITEMS'
 ${rows.join('\n')}
 AIOD_ITEMS
+    rm -rf records              # a folder -resume reuses may hold a killed attempt's part
     aiod finalize --items items.tsv --records records ${args}
     """
 

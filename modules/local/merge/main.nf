@@ -3,7 +3,7 @@ process MERGE {
     label 'cpu_large'
 
     input:
-    tuple val(meta), path(job), path(substacks, stageAs: 'substacks/*')
+    tuple val(meta), path(job), path(substacks, stageAs: 'substacks/?/*')   // each SEGMENT task names its outputs 0, 1, ...
     val code          // digest of the Python files this step runs: a change reruns the task
 
     output:
@@ -12,7 +12,8 @@ process MERGE {
     script:
     def args = task.ext.args ?: ''
     """
-    aiod merge --plan ${job} --out result ${args} substacks/*
+    rm -rf result               # a folder -resume reuses may hold a killed attempt's part
+    aiod merge --plan ${job} --out result ${args} substacks/*/*
     """
 
     stub:

@@ -18,6 +18,7 @@ process PLAN {
     cat > rows.tsv <<'AIOD_ROWS'
 ${rows.join('\n')}
 AIOD_ROWS
+    rm -rf jobs batches.json    # a folder -resume reuses may hold a killed attempt's part
     aiod plan --rows rows.tsv --out-dir jobs --name p${batch} --model ${model} ${args}
     """
 

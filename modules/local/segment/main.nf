@@ -17,7 +17,7 @@ process SEGMENT {
     def rows = batch.items.withIndex().collect { item, k ->
         [staged_jobs[item.job], staged_images[item.job], item.substack, "out/${k}"].join('\t') }
     """
-    mkdir out
+    rm -rf out && mkdir out     # a folder -resume reuses may hold a killed attempt's part
     cat > items.tsv <<'AIOD_ITEMS'
 ${rows.join('\n')}
 AIOD_ITEMS
