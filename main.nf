@@ -164,7 +164,7 @@ workflow {
     SEGMENT(ch_segment, code.SEGMENT)
 
     // [batch, [[item, its output]...]]: a substack's labels, or the result of an image planned as one substack
-    ch_segmented = SEGMENT.out.labels.map { batch, outs -> [batch, asList(outs).collect { out -> [batch.items[out.name as int], out] }] }
+    ch_segmented = SEGMENT.out.labels.map { batch, outs -> [batch, asList(outs).sort { out -> out.name as int }.collect { out -> [batch.items[out.name as int], out] }] }
 
     // [meta, job, [substack labels]]: an image's merge starts as soon as its own substacks are done
     ch_to_merge = ch_segmented

@@ -285,3 +285,21 @@ def test_a_second_run_planning_a_claimed_key_waits_and_then_takes_the_first_runs
     assert second.wait(timeout=120) == 0
     assert (tmp_path / "second.status").read_text() == "hit 4\n"
     assert json.loads((tmp_path / "second.json").read_text())["claim"] is None
+
+
+def test_results_that_would_hold_or_sit_inside_an_input_are_refused_among_many_rows(tmp_path):
+    from aiod.errors import AiodError
+    from aiod.publish import check_targets
+    out = tmp_path / "results"
+    (tmp_path / "data").mkdir()
+    rows = [(f"f{i}", [tmp_path / "data" / f"f{i}.tif"], f"line {i + 2}") for i in range(2000)]
+    check_targets(rows, out, tmp_path / "root")  # 2000 rows, none touching: fine (and quick: linear)
+    (out / "b.ome.zarr").mkdir(parents=True)
+    held = rows + [("b", [out / "b.ome.zarr" / "img.tif"], "line 9000")]
+    with pytest.raises(AiodError, match=r"line 9000: the result '.*/b.ome.zarr' would replace a folder holding the input "):
+        check_targets(held, out)
+    (tmp_path / "data" / "vol.zarr" / "0").mkdir(parents=True)
+    (out / "c.ome.zarr").symlink_to(tmp_path / "data" / "vol.zarr" / "0")
+    inside = rows + [("c", [tmp_path / "data" / "vol.zarr"], "line 9001")]
+    with pytest.raises(AiodError, match=r"line 9001: the result '.*/c.ome.zarr' would be written inside the input "):
+        check_targets(inside, out)

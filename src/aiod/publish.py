@@ -40,18 +40,6 @@ def _real(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
-def _overlap(target: Path, source: Path) -> str | None:
-    """How `target` would touch input `source`: None when it does not."""
-    t, s = _real(target), _real(source)
-    if t == s:
-        return "would replace"
-    if t.is_relative_to(s):
-        return "would be written inside"
-    if s.is_relative_to(t):
-        return "would replace a folder holding"
-    return None
-
-
 def is_aiod_record(path: Path) -> bool:
     """True for a run record that AIoD published (this format, or the fields of the earlier one)."""
     try:
@@ -91,17 +79,38 @@ def check_targets(ids_and_inputs: list[tuple[str, list[Path], str]], outdir: Pat
                             "input: choose another --outdir")
         if root_dir is not None and _real(root_dir).is_relative_to(_real(p)):
             raise AiodError(f"--root_dir {root_dir}: lies inside the input {p} ({where}); choose another --root_dir")
+    # Each path resolved once, overlaps found through parent folders: linear in rows, not quadratic.
+    real_inputs: dict[Path, tuple[Path, str]] = {}
+    holding: dict[Path, tuple[Path, str]] = {}  # a folder -> the first input below it
+    for p, where in inputs:
+        real = _real(p)
+        real_inputs.setdefault(real, (p, where))
+        for parent in real.parents:
+            holding.setdefault(parent, (p, where))
     for sample_id, _, where in ids_and_inputs:
         for target in targets(outdir, sample_id).values():
-            for p, p_where in inputs:
-                how = _overlap(target, p)
-                if how:
-                    raise AiodError(f"{where}: the result '{target}' {how} the input '{p}' ({p_where}); "
-                                    "inputs are never modified: choose another --outdir or another id")
+            how = _touches(_real(target), real_inputs, holding)
+            if how:
+                verb, (p, p_where) = how
+                raise AiodError(f"{where}: the result '{target}' {verb} the input '{p}' ({p_where}); "
+                                "inputs are never modified: choose another --outdir or another id")
         other = foreign(outdir, sample_id)
         if other is not None:
             raise AiodError(f"{where}: '{other}' already exists and is not a result AIoD published; it is never "
                             "overwritten: move it away, or choose another --outdir or another id")
+
+
+def _touches(target: Path, real_inputs: dict, holding: dict) -> tuple[str, tuple[Path, str]] | None:
+    """How a resolved target would touch the inputs (`real_inputs`: resolved input -> the input;
+    `holding`: folder -> an input below it): None when it does not."""
+    if target in real_inputs:
+        return "would replace", real_inputs[target]
+    inside = next((real_inputs[parent] for parent in target.parents if parent in real_inputs), None)
+    if inside is not None:
+        return "would be written inside", inside
+    if target in holding:
+        return "would replace a folder holding", holding[target]
+    return None
 
 
 def publish(*, outdir: Path, sample_id: str, labels: Path, record: dict, mode: str, tiff_writer=None) -> dict[str, Path]:

@@ -26,12 +26,15 @@ def load_job(path: Path) -> dict:
 def merge_result(*, job_json: Path, substacks: list[Path], out: Path) -> dict:
     """Merge substack labels into `out/labels.ome.zarr` and write `out/manifest.json`."""
     job = load_job(job_json)
+    merge.bound_malloc()  # this process only merges: keep freed slabs from piling up
     with claims.Heartbeat(**(job.get("claim") or {})):  # tell waiting runs that this key is being computed
         return write_result(job, substacks, Path(out))
 
 
 def write_result(job: dict, substacks: list[Path], out: Path) -> dict:
-    """The merged labels (`out/labels.ome.zarr`) and the result's manifest (`out/manifest.json`)."""
+    """The merged labels (`out/labels.ome.zarr`) and the result's manifest (`out/manifest.json`).
+    Also how SEGMENT finishes an image planned as one substack (in its own process: no
+    bound_malloc there, which would last for the rest of its batch)."""
     the_plan = planner.Plan.from_dict(job["plan"])
     name = label_name(job)
     out = Path(out)
@@ -41,7 +44,6 @@ def write_result(job: dict, substacks: list[Path], out: Path) -> dict:
     root = out / "labels.ome.zarr"
     scale = job["image"]["scale"]
     started = time.time()
-    merge.bound_malloc()  # this process only merges: keep freed slabs from piling up
     stats = merge.merge_substacks(
         the_plan, substacks,
         lambda dtype: ngff.create_labels(root, name, the_plan.spatial_shape, the_plan.spatial_axes, dtype, scale=scale),
