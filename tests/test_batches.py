@@ -8,7 +8,7 @@ from aiod.errors import PlanError
 
 
 @pytest.mark.parametrize("text, rule", [
-    ("auto", BatchRule(voxels=batches.AUTO_VOXELS)), ("1", BatchRule(count=1)), (" 20 ", BatchRule(count=20)),
+    ("auto", BatchRule(voxels=batches.AUTO_VOXELS, seconds=batches.AUTO_SECONDS)), ("1", BatchRule(count=1)), (" 20 ", BatchRule(count=20)),
     ("64M", BatchRule(voxels=64 * 2**20)), ("2g", BatchRule(voxels=2 * 2**30)), ("500K", BatchRule(voxels=500 * 1024)),
 ])
 def test_batch_sizes_are_read_as_counts_or_voxels(text, rule):
@@ -37,6 +37,14 @@ def test_a_large_image_s_boxes_spread_over_tasks_and_small_images_fill_the_next(
     assert [b["items"] for b in out] == [[["big", 0, 5]], [["big", 1, 5]], [["big", 2, 5], ["big", 3, 5]],
                                          [["big", 4, 5], ["small", 0, 1]]]
     assert [b["memory"] for b in out] == [2**24, 2**24, 2**23, 2**23]
+
+
+def test_auto_keeps_a_costly_models_task_to_minutes_of_work():
+    # Cellpose-SAM on a CPU: 45 s per 128x128 field; 16 M voxels of them would be 12 hours in one task
+    fields = [Work(f"f{i}", [128 * 128], fixed=0.0, per_voxel=1.0, seconds_per_voxel=2700 / 1e6) for i in range(100)]
+    out = segment_batches(fields, parse_batch("auto"))
+    assert [len(b["items"]) for b in out] == [21, 21, 21, 21, 16]  # 21 x 44 s >= 900 s
+    assert len(segment_batches(fields, parse_batch("16M"))) == 1  # a voxel count given: voxels only
 
 
 def test_a_count_batches_substacks_by_number_whatever_their_size():

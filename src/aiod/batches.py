@@ -15,6 +15,10 @@ from .errors import PlanError
 # voxels is 256 fields of 256x256 or 16 of 1024x1024: seconds to minutes of work on a CPU, against
 # ~2 s of start-up; a box of this size or more is a task by itself.
 AUTO_VOXELS = 2**24
+# ... or until its substacks are estimated to take this long on a CPU, for families that declare
+# their measured CPU cost (adapter CPU_SECONDS_PER_MEGAVOXEL): 16 M voxels of a ViT-L would be
+# hours of one task, on one core, where many tasks could run side by side.
+AUTO_SECONDS = 900.0
 # PLAN reads every image once (its fingerprint and image-wide statistics): it takes images until
 # it has this many, or this many voxels.
 PLAN_IMAGES = 250
@@ -23,13 +27,17 @@ PLAN_VOXELS = 2**28
 
 @dataclass(frozen=True)
 class BatchRule:
-    """`count` substacks per task, or substacks until the task holds `voxels`."""
+    """`count` substacks per task, or substacks until the task holds `voxels` (or, with
+    `seconds`, until its estimated CPU time reaches it)."""
 
     count: int | None = None
     voxels: int | None = None
+    seconds: float | None = None
 
-    def full(self, n_items: int, voxels: int) -> bool:
-        return n_items >= self.count if self.count is not None else voxels >= self.voxels
+    def full(self, n_items: int, voxels: int, seconds: float = 0.0) -> bool:
+        if self.count is not None:
+            return n_items >= self.count
+        return voxels >= self.voxels or (self.seconds is not None and seconds >= self.seconds)
 
 
 def parse_batch(text: str) -> BatchRule:
@@ -37,7 +45,7 @@ def parse_batch(text: str) -> BatchRule:
     K, M, G are powers of 1024)."""
     value = str(text).strip()
     if value == "auto":
-        return BatchRule(voxels=AUTO_VOXELS)
+        return BatchRule(voxels=AUTO_VOXELS, seconds=AUTO_SECONDS)
     m = re.fullmatch(r"([0-9]+)\s*([KMG]?)", value, flags=re.IGNORECASE)
     if not m or int(m.group(1)) < 1:
         raise PlanError(f"batch: '{text}' is not 'auto', a number of substacks per task (e.g. 8) "
@@ -61,34 +69,37 @@ def plan_groups(voxels: list[int | None]) -> list[int]:
 
 @dataclass(frozen=True)
 class Work:
-    """One image's substacks to segment: the voxels of each box, and the host memory a task
-    needs for a box of v voxels: fixed + per_voxel * v (the planner's estimate)."""
+    """One image's substacks to segment: the voxels of each box, the host memory a task needs
+    for a box of v voxels: fixed + per_voxel * v (the planner's estimate), and the family's CPU
+    seconds per voxel (0: not declared)."""
 
     id: str
     box_voxels: list[int]
     fixed: float
     per_voxel: float
+    seconds_per_voxel: float = 0.0
 
 
 def segment_batches(works: list[Work], rule: BatchRule, prefix: str = "") -> list[dict]:
     """Substacks grouped into SEGMENT tasks, in order: {"name", "items": [[id, index, n], ...],
     "memory": bytes}. A task segments its substacks one after another, so it needs the memory of
     its largest box, not their sum."""
-    batches, items, voxels, need = [], [], 0, 0.0
+    batches, items, voxels, seconds, need = [], [], 0, 0.0, 0.0
 
     def close():
-        nonlocal items, voxels, need
+        nonlocal items, voxels, seconds, need
         if items:
             batches.append({"name": f"{prefix}{len(batches) + 1}", "items": items, "memory": int(need)})
-        items, voxels, need = [], 0, 0.0
+        items, voxels, seconds, need = [], 0, 0.0, 0.0
 
     for work in works:
         n = len(work.box_voxels)
         for index, v in enumerate(work.box_voxels):
             items.append([work.id, index, n])
             voxels += v
+            seconds += v * work.seconds_per_voxel
             need = max(need, work.fixed + work.per_voxel * v)
-            if rule.full(len(items), voxels):
+            if rule.full(len(items), voxels, seconds):
                 close()
     close()
     return batches

@@ -13,6 +13,9 @@ level, and provides:
                                     (interpreter, libraries; the planner adds the artifact's size
                                     for the loaded weights): bench/task_memory.py
     GPU_BYTES_PER_VOXEL: float      the same for GPU memory (0 for CPU-only families)
+    CPU_SECONDS_PER_MEGAVOXEL: float  optional: measured CPU time of segment() per million voxels;
+                                    `--batch auto` keeps a task's estimated work under
+                                    aiod.batches.AUTO_SECONDS with it (without it: voxels only)
     min_halo(artifact, config, params) -> int
                                     the least overlap (pixels) that keeps results local; reads
                                     at most small files of the artifact, never loads the model

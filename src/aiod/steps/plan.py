@@ -79,6 +79,7 @@ def plan(*, image_path: Path, sample_id: str, axes: str | None, channel: int | N
             "prepared": None, "cache_hit": hit is not None,
             # what a SEGMENT task of this image needs: fixed + per voxel of its box (aiod.batches)
             "task_memory": {"fixed": sizing["fixed_bytes"], "per_voxel": sizing["bytes_per_voxel"]},
+            "cpu_seconds_per_voxel": getattr(adapter, "CPU_SECONDS_PER_MEGAVOXEL", 0.0) / 1e6,
             "claim": {"path": str(claim_file), "token": claim["token"], "interval": claim_stale_seconds / 10} if claim else None,
         }
         if hit is None:
@@ -110,7 +111,8 @@ def plan_batch(*, rows: list[dict], out_dir: Path, batch: str = "auto", name: st
             continue
         boxes = planner.Plan.from_dict(job["plan"]).substacks
         works.append(batches.Work(row["id"], [math.prod(sub.box_shape) for sub in boxes],
-                                  job["task_memory"]["fixed"], job["task_memory"]["per_voxel"]))
+                                  job["task_memory"]["fixed"], job["task_memory"]["per_voxel"],
+                                  job["cpu_seconds_per_voxel"]))
     summary = {"hits": hits, "n_substacks": n_substacks,
                "segment": batches.segment_batches(works, rule, prefix=f"{name}." if name else "")}
     (out_dir.parent / "batches.json").write_text(json.dumps(summary, indent=2))
