@@ -30,11 +30,11 @@ engine:
 $(VENV)/.stamp: envs/classical.txt
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install -q uv
 	uv venv -q --allow-existing $(VENV) --python $(PYTHON)
-	VIRTUAL_ENV=$(VENV) uv pip install -q -r envs/classical.txt
+	VIRTUAL_ENV=$(VENV) uv pip install -q --compile-bytecode -r envs/classical.txt
 	touch $@
 
 $(VENV)/.test-stamp: $(VENV)/.stamp envs/test.txt
-	VIRTUAL_ENV=$(VENV) uv pip install -q -r envs/classical.txt -r envs/test.txt
+	VIRTUAL_ENV=$(VENV) uv pip install -q --compile-bytecode -r envs/classical.txt -r envs/test.txt
 	touch $@
 
 # Every model family's environment (envs/<family>.txt), built once with uv into
