@@ -40,7 +40,8 @@ def test_a_large_image_s_boxes_spread_over_tasks_and_small_images_fill_the_next(
 
 
 def test_auto_keeps_a_costly_models_task_to_minutes_of_work():
-    # Cellpose-SAM on a CPU: 45 s per 128x128 field; 16 M voxels of them would be 12 hours in one task
+    # a model at 2700 CPU seconds per megavoxel (44 s per 128x128 field): 16 M voxels of it would be
+    # 12 hours in one task
     fields = [Work(f"f{i}", [128 * 128], fixed=0.0, per_voxel=1.0, seconds_per_voxel=2700 / 1e6) for i in range(100)]
     out = segment_batches(fields, parse_batch("auto"))
     assert [len(b["items"]) for b in out] == [21, 21, 21, 21, 16]  # 21 x 44 s >= 900 s

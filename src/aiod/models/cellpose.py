@@ -44,6 +44,11 @@ RUNTIME_BYTES = 1024 * 2**20
 # probabilities, pixel positions of the dynamics, which cellpose keeps on the GPU) with slack;
 # the tiles' feature maps add a fixed ~1-2 GB.
 GPU_BYTES_PER_VOXEL = 200.0
+# CPU time of segment() per million voxels: the suite's pipeline runs (`make test`, an idle 2-core
+# AVX2 EPYC, 2026-12-04: `segment` seconds in each task's log over its boxes' voxels). Only an
+# estimate for `--batch auto` (aiod.batches.AUTO_SECONDS); a GPU is far faster.
+# 36.8 s/Mvox: four 2D boxes of ~100k voxels, the trained test model at diameter 17.
+CPU_SECONDS_PER_MEGAVOXEL = 37.0
 DEFAULT_DIAMETER = 30.0  # cellpose's diam_mean for cyto models
 
 

@@ -44,9 +44,12 @@ RUNTIME_BYTES = 1536 * 2**20
 # them at a time, a fixed cost); per voxel, the flows, cell probability and the dynamics' pixel
 # positions live on the GPU in float32 (about 10 floats per voxel in 3D), x1.5 for the allocator.
 GPU_BYTES_PER_VOXEL = 64.0
-# CPU time of segment(): 45 s for a 128x128 image in fp32 on a 2-core AVX2 EPYC (the ViT-L runs
-# on whole 256x256 tiles whatever the image's size: small images cost as much as a tile).
-CPU_SECONDS_PER_MEGAVOXEL = 2700.0
+# CPU time of segment() per million voxels: the suite's pipeline runs (`make test`, an idle 2-core
+# AVX2 EPYC, 2026-12-04: `segment` seconds in each task's log over its boxes' voxels). Only an
+# estimate for `--batch auto` (aiod.batches.AUTO_SECONDS); a GPU is far faster.
+# 426 s/Mvox: a 128x128 image and a 4x96x96 stack, fp32, random-weight ViT-L (it runs on whole
+# 256x256 tiles whatever the image's size: small images cost as much as a tile).
+CPU_SECONDS_PER_MEGAVOXEL = 430.0
 MAX_CHANNELS = 3
 TILE = 256  # cpsam's network tile (cellpose's bsize; fixed for the ViT-L)
 TRAINING_DIAMETER = 30.0  # cellpose rescales images by 30 / diameter

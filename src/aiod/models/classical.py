@@ -27,9 +27,11 @@ BYTES_PER_VOXEL = 140.0
 # bench/task_memory.py.
 RUNTIME_BYTES = 128 * 2**20
 GPU_BYTES_PER_VOXEL = 0.0  # runs on the CPU
-# CPU time of segment(): 14.5 s for 250 fields of 256x256 (16.4 M voxels), bench/throughput.py
-# profiled on a 2-core AVX2 EPYC.
-CPU_SECONDS_PER_MEGAVOXEL = 0.9
+# CPU time of segment() per million voxels: the suite's pipeline runs (`make test`, an idle 2-core
+# AVX2 EPYC, 2026-12-04: `segment` seconds in each task's log over its boxes' voxels). Only an
+# estimate for `--batch auto` (aiod.batches.AUTO_SECONDS); a GPU is far faster.
+# 1.2 s/Mvox over 125 boxes of 65k-1.2M voxels (0.9 in bench/throughput.py's 1000 fields).
+CPU_SECONDS_PER_MEGAVOXEL = 1.2
 SAMPLE_VOXELS = 16_000_000  # at most this many voxels are read to estimate the threshold
 
 

@@ -51,6 +51,12 @@ RUNTIME_BYTES = 1152 * 2**20
 # Estimate, not measured (no GPU here): ResNet-50 activations of one plane at a time (~1 kB per
 # pixel at full resolution in float32 through the decoder), 2x for PointRend and the heads.
 GPU_BYTES_PER_VOXEL = 2048.0
+# CPU time of segment() per million voxels: the suite's pipeline runs (`make test`, an idle 2-core
+# AVX2 EPYC, 2026-12-04: `segment` seconds in each task's log over its boxes' voxels). Only an
+# estimate for `--batch auto` (aiod.batches.AUTO_SECONDS); a GPU is far faster.
+# 254 s/Mvox: a 128x128 image and a 4x96x96 stack, random-weight MitoNet (a fixed cost per plane
+# makes small images dear).
+CPU_SECONDS_PER_MEGAVOXEL = 250.0
 # ResNet-50's theoretical receptive field is ~480 px and ASPP (rates up to 6 at stride 16) widens
 # it, but the effective one is a fraction of that; 128 px of context on each side keeps the
 # output of the core stable in practice and holds half of a 256-px object (mitochondria and

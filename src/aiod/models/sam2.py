@@ -50,6 +50,12 @@ RUNTIME_BYTES = 1280 * 2**20
 # fixed cost); per voxel, a batch of points_per_batch x 3 float32 mask logits at full substack
 # size: 64 x 3 x 4 bytes.
 GPU_BYTES_PER_VOXEL = 768.0
+# CPU time of segment() per million voxels: the suite's pipeline runs (`make test`, an idle 2-core
+# AVX2 EPYC, 2026-12-04: `segment` seconds in each task's log over its boxes' voxels). Only an
+# estimate for `--batch auto` (aiod.batches.AUTO_SECONDS); a GPU is far faster.
+# 394 s/Mvox: a 128x128 image and a 4x96x96 stack at points_per_side 4; the default 32 prompts
+# 64 times as many points, so this underestimates default settings.
+CPU_SECONDS_PER_MEGAVOXEL = 400.0
 MAX_CHANNELS = 3
 # SAM 2 resizes the whole substack to 1024 px and its encoder attends globally: there is no finite
 # receptive field to state. The halo is set by object size instead: an object up to 256 px

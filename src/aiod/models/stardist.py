@@ -41,6 +41,11 @@ RUNTIME_BYTES = 768 * 2**20
 # Not measured (no GPU was lent to this work): an estimate, the host figure without NMS and the
 # input copy (the network's feature maps are what lives on the GPU), with TensorFlow's slack.
 GPU_BYTES_PER_VOXEL = 400.0
+# CPU time of segment() per million voxels: the suite's pipeline runs (`make test`, an idle 2-core
+# AVX2 EPYC, 2026-12-04: `segment` seconds in each task's log over its boxes' voxels). Only an
+# estimate for `--batch auto` (aiod.batches.AUTO_SECONDS); a GPU is far faster.
+# 6.5 s/Mvox: 2D boxes of ~108k voxels and 3D boxes of ~134k, the trained test models.
+CPU_SECONDS_PER_MEGAVOXEL = 6.5
 
 
 def model_folder(artifact: Path) -> Path:
