@@ -28,7 +28,7 @@ def filesDigest(File base, List<File> files) {
 
 // process name -> digest of the Python files that its step runs
 def stepDigests(File pkg) {
-    def steps = new groovy.json.JsonSlurper().parse(new File(pkg, 'step_sources.json'))
+    def steps = new groovy.json.JsonSlurperClassic().parse(new File(pkg, 'step_sources.json'))
     return steps.collectEntries { step, names -> [(step): filesDigest(pkg, names.collect { n -> new File(pkg, n) })] }
 }
 
@@ -43,7 +43,7 @@ def manifestFiles(List<File> dirs) {
 
 // `--help`: every parameter with its default and meaning, read from nextflow_schema.json.
 def helpText(File schemaFile) {
-    def schema = new groovy.json.JsonSlurper().parse(schemaFile)
+    def schema = new groovy.json.JsonSlurperClassic().parse(schemaFile)
     def lines = ["Usage: nextflow run main.nf --input images.csv --model classical --outdir results [-profile ...] [-resume]", '']
     schema['$defs'].each { group_name, group ->
         lines << "${group.title}:"
@@ -63,7 +63,7 @@ def helpText(File schemaFile) {
 // types and enums. Returns the first problem as one line, or null.
 def paramProblem(File schemaFile, Map given) {
     def specs = [:]
-    new groovy.json.JsonSlurper().parse(schemaFile)['$defs'].each { group_name, group -> specs.putAll(group.properties) }
+    new groovy.json.JsonSlurperClassic().parse(schemaFile)['$defs'].each { group_name, group -> specs.putAll(group.properties) }
     for (entry in given) {
         def name = entry.key
         def value = entry.value
@@ -148,9 +148,11 @@ workflow {
     PLAN(ch_plan_batches, ch_model.first(), code.PLAN)
 
     // [metas by id, job files by id, batches.json parsed]: what each PLAN task found and planned
+    // (JsonSlurperClassic builds plain maps: JsonSlurper's lazy maps are built on first read, and
+    // several operators read this one from their own threads)
     ch_planned = PLAN.out.plan.map { metas, jobs, batches ->
         [metas.collectEntries { m -> [(m.id): m] }, asList(jobs).collectEntries { j -> [(j.name.substring(0, j.name.length() - 5)): j] },
-         new groovy.json.JsonSlurper().parse(batches.toFile())]
+         new groovy.json.JsonSlurperClassic().parse(batches.toFile())]
     }
 
     // [batch, [job...], [image...]]: one SEGMENT task per batch of substacks, from one image or many
@@ -190,7 +192,7 @@ workflow {
     FINALIZE(ch_final, code.FINALIZE)
 
     FINALIZE.out.records
-        .flatMap { ids, records -> asList(records).collect { record -> new groovy.json.JsonSlurper().parse(record.toFile()) } }
+        .flatMap { ids, records -> asList(records).collect { record -> new groovy.json.JsonSlurperClassic().parse(record.toFile()) } }
         .toSortedList { a, b -> a.id <=> b.id }
         .subscribe { records -> if (records) { log.info(summaryText(records, params.outdir)) } }
 
