@@ -60,7 +60,7 @@ def helpText(File schemaFile) {
 }
 
 // Every parameter checked against nextflow_schema.json before any task starts: unknown names,
-// types and enums. Returns the first problem as one line, or null.
+// types, whole numbers and enums. Returns the first problem as one line, or null.
 def paramProblem(File schemaFile, Map given) {
     def specs = [:]
     new groovy.json.JsonSlurperClassic().parse(schemaFile)['$defs'].each { group_name, group -> specs.putAll(group.properties) }
@@ -81,6 +81,9 @@ def paramProblem(File schemaFile, Map given) {
         }
         if (spec.type == 'string' && (value instanceof Boolean)) {
             return "--${name}: expected a value (${spec.description})"
+        }
+        if (spec.type == 'integer' && !(value.toString() ==~ /\d+/ && (value as long) >= (spec.minimum ?: 0))) {
+            return "--${name} '${value}': expected a whole number >= ${spec.minimum ?: 0} (${spec.description})"
         }
         if (spec.enum && !(value.toString() in spec.enum)) {
             return "--${name} '${value}': expected one of ${spec.enum.join(', ')}"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -93,7 +94,19 @@ class Cluster:
         fields = ["JobID", "JobName", "Partition", "Account", "State", "ExitCode", "Start", "End", "WorkDir"]
         out = self.run("sacct", "-c", "-n", "-P", "-o", ",".join(fields)).stdout
         rows = [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
-        return {row["JobID"]: row for row in rows}
+        jobs = {row["JobID"]: row for row in rows}
+        for job_id, array_id in self.array_elements().items():  # also under the id Nextflow knows
+            if job_id in jobs:
+                jobs[array_id] = jobs[job_id]
+        return jobs
+
+    def array_elements(self) -> dict[str, str]:
+        """Job ID -> 'ARRAYID_INDEX' of every finished job array element. Slurm 22.05's `sacct -c`
+        cannot print the array fields that its jobcomp log records, so they are read there."""
+        log = self.folder / "jobcomp.log"
+        text = log.read_text() if log.exists() else ""
+        found = re.findall(r"^JobId=(\d+) .* ArrayJobId=(\d+) ArrayTaskId=(\d+) ", text, re.M)
+        return {job_id: f"{array}_{index}" for job_id, array, index in found}
 
     def queue(self) -> list[tuple[str, str, str, Path]]:
         """(job ID, job name, state, work dir) of every job not finished yet."""

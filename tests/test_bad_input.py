@@ -57,6 +57,7 @@ CASES = {
     "unknown publish mode": (["--publish_mode", "move"], None, "--publish_mode 'move': expected one of copy, symlink, link, copyNoFollow"),
     "misspelled parameter": (["--outdri", "x"], None, "unknown parameter --outdri (did you mean --outdir?)"),
     "a flag given a word": (["--save_tiff", "maybe"], None, "--save_tiff 'maybe': expected true or false"),
+    "a job array size that is not a number": (["--job_array", "many"], None, "--job_array 'many': expected a whole number >= 0"),
 }
 
 

@@ -182,6 +182,61 @@ def test_cancelled_job_fails_the_run_and_resume_gives_the_same_mask(cluster, dat
     assert tree_digest(tmp_path / "results" / "big.ome.zarr") == tree_digest(reference / "results" / "big.ome.zarr")
 
 
+def test_job_array_cancelled_while_it_runs_fails_the_run_and_resume_gives_the_same_mask(cluster, data, reference, tmp_path):
+    """--job_array 10: the 3 substacks in batches of 2 are 2 SEGMENT tasks, submitted as one
+    SLURM job array (one sbatch, elements ARRAYID_0 and ARRAYID_1) asking --substack_memory each,
+    so that both fit on the node at once.
+    scancel of the whole array while both elements run stops the run (no retry here); -resume
+    submits what did not finish as a new array, and the mask is byte-identical to the
+    uninterrupted run's (one job per substack)."""
+    config = tmp_path / "no_retry.config"
+    config.write_text(f"includeConfig '{data / 'cluster.config'}'\n"
+                      "// long enough for the test to see both elements run\n"
+                      "process { withName: 'SEGMENT' { errorStrategy = 'terminate'; beforeScript = 'sleep 8' } }\n")
+    grid = ["--num_substacks", "1,3", "--batch", "2", "--job_array", "10", "--substack_memory", "1536 MB"]
+    args = ["run", str(ROOT / "main.nf"), "-profile", "slurm,test", "-ansi-log", "false",
+            *slurm_args(tmp_path, data, "array", *grid, config=config)]
+    env = {**os.environ, "NXF_OFFLINE": "true", "NXF_DISABLE_CHECK_LATEST": "true"}
+    with open(tmp_path / "array.log", "w") as out:
+        proc = subprocess.Popen([NEXTFLOW, *args], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+        cancelled = None
+        deadline = time.time() + 300
+        try:
+            while proc.poll() is None and time.time() < deadline and cancelled is None:
+                running = [job_id for job_id, name, state, workdir in cluster.queue()
+                           if name.startswith("nf-SEGMENT") and "_" in job_id and state == "RUNNING"]
+                if len(running) == 2:
+                    time.sleep(1)
+                    cancelled = running[0].split("_")[0]
+                    cluster.run("scancel", cancelled)
+                time.sleep(0.3)
+            proc.wait(timeout=max(deadline - time.time(), 1))
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    output = (tmp_path / "array.log").read_text()
+    assert cancelled and proc.returncode != 0, output[-3000:]
+    segment = processes(trace_rows(tmp_path / "results", "array"), "SEGMENT")
+    assert sorted(r["native_id"] for r in segment) == [f"{cancelled}_0", f"{cancelled}_1"]
+    assert "FAILED" in {r["status"] for r in segment}
+    jobs = cluster.finished_jobs()
+    assert {jobs[f"{cancelled}_{i}"]["State"].split()[0] for i in (0, 1)} == {"CANCELLED"}
+    assert not (tmp_path / "results" / "big.ome.zarr").exists()
+    assert cache_entries(tmp_path / "root") == []
+
+    run_pipeline(tmp_path, *slurm_args(tmp_path, data, "array_resumed", *grid, config=config), profile="slurm,test",
+                 resume=True)
+    rows = trace_rows(tmp_path / "results", "array_resumed")
+    rerun = processes(rows, "SEGMENT", "COMPLETED")
+    assert rerun and len(rerun) + len(processes(rows, "SEGMENT", "CACHED")) == 2
+    assert len({r["native_id"].split("_")[0] for r in rerun}) == 1 and all("_" in r["native_id"] for r in rerun)
+    script = next(p.read_text() for p in (tmp_path / "root" / "work").glob("*/*/.command.run")
+                  if f"#SBATCH --array 0-{len(rerun) - 1}" in p.read_text())
+    assert "#SBATCH --mem 1536M" in script  # --substack_memory, for each element
+    assert tree_digest(tmp_path / "results" / "big.ome.zarr") == tree_digest(reference / "results" / "big.ome.zarr")
+
+
 def test_job_over_its_memory_is_killed_by_slurm_and_retried_with_more(cluster, data, tmp_path):
     """SLURM (jobacct_gather OverMemoryKill) kills the whole job with SIGKILL: no exit status
     is left ('-', 2147483647 to Nextflow), the job ends FAILED with signal 9, and the task is
