@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-import zarr
 
 from .errors import InputError
 from .imagecheck import bad_chunk, box_text, check_pixels, check_tiff_extent, dims, reason, refuse_non_finite
@@ -258,6 +257,8 @@ def _open_tiff(path: Path, declared: str | None) -> ImageSource:
             array = np.memmap(path, dtype=dtype, mode="r", offset=series.dataoffset, shape=shape)
             tf.close()
             return ImageSource(path, array, axes, scale)
+        import zarr  # here: an uncompressed TIFF needs none of it, and it costs 0.4 s to import
+
         store = series.aszarr(level=0)
         array = zarr.open_array(store, mode="r")
         return ImageSource(path, array, axes, scale, closers=(tf.close, store.close))
@@ -286,6 +287,8 @@ def _ngff_axes_and_scale(ms: dict, dataset: dict) -> tuple[str | None, dict | No
 
 def _zarr_level0(path: Path):
     """(level-0 zarr.Array, metadata axes or None, scale dict or None) for a zarr path."""
+    import zarr
+
     try:
         node = zarr.open(store=str(path), mode="r")
     except Exception as e:

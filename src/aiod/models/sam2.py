@@ -28,10 +28,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from . import runtime
-from ..metrics import pair_counts
 from .runtime import channel_percentiles, channels_last, local_file
 
 NAME = "sam2"
@@ -146,6 +144,8 @@ def masks_to_labels(records: list[dict], shape: tuple[int, int], min_area: int, 
 def drop_small_regions(mask: np.ndarray, min_area: int) -> np.ndarray:
     """Fill holes and remove islands smaller than `min_area` pixels (8-connected islands, as SAM's
     own post-processing)."""
+    from scipy import ndimage as ndi  # here, not at the top: PLAN imports this module for every image
+
     holes, _ = ndi.label(~mask)
     hole_sizes = np.bincount(holes.ravel())
     border = np.unique(np.concatenate([holes[0], holes[-1], holes[:, 0], holes[:, -1]]))
@@ -189,6 +189,8 @@ def link_slices(slices, shape: tuple[int, ...], link_iou: float) -> tuple[np.nda
 def match_by_iou(previous: np.ndarray, current: np.ndarray, threshold: float) -> dict[int, int]:
     """{current label: previous label} for overlapping pairs with IoU >= threshold, greedily best
     IoU first (ties: lower labels first), each label used once."""
+    from ..metrics import pair_counts
+
     prev_ids, cur_ids, counts = pair_counts(previous.ravel().astype(np.int64), current.ravel().astype(np.int64))
     area_prev = np.bincount(prev_ids, weights=counts)
     area_cur = np.bincount(cur_ids, weights=counts)
