@@ -240,12 +240,17 @@ def test_job_array_cancelled_while_it_runs_fails_the_run_and_resume_gives_the_sa
 def test_job_over_its_memory_is_killed_by_slurm_and_retried_with_more(cluster, data, tmp_path):
     """SLURM (jobacct_gather OverMemoryKill) kills the whole job with SIGKILL: no exit status
     is left ('-', 2147483647 to Nextflow), the job ends FAILED with signal 9, and the task is
-    retried with its second attempt's memory."""
+    retried with its second attempt's memory. The image is large enough (2048x2048, about 600 MB
+    while it is segmented) that the task is over 40 MB for seconds, whatever the load: SLURM
+    samples memory once a second, and the small image's task can end between two samples."""
+    gt = synthetic.touching_nuclei((2048, 2048), n=800, radius=(7.0, 11.0), seed=7)
+    tifffile.imwrite(tmp_path / "large.tif", synthetic.render_nuclei(gt, seed=8))
+    (tmp_path / "images.csv").write_text("id,image\nlarge,large.tif\n")
     config = tmp_path / "memory.config"
     config.write_text(f"includeConfig '{data / 'cluster.config'}'\n"
                       "// attempt 1: far below what segmentation needs; attempt 2: enough\n"
                       "process { withName: 'SEGMENT' { memory = { task.attempt == 1 ? 40.MB : 1.GB } } }\n")
-    run_pipeline(tmp_path, *slurm_args(tmp_path, data, "memory", "--num_substacks", "1", config=config),
+    run_pipeline(tmp_path, *slurm_args(tmp_path, tmp_path, "memory", "--num_substacks", "1", config=config),
                  profile="slurm,test")
     rows = processes(trace_rows(tmp_path / "results", "memory"), "SEGMENT")
     assert [(r["attempt"], r["status"], r["exit"], r["memory"]) for r in rows] == [
@@ -253,7 +258,7 @@ def test_job_over_its_memory_is_killed_by_slurm_and_retried_with_more(cluster, d
     killed = cluster.finished_jobs()[rows[0]["native_id"]]
     assert (killed["State"], killed["ExitCode"]) == ("FAILED", "0:9")
     assert "exceeded memory limit" in job_log(rows[0])
-    assert (tmp_path / "results" / "big.ome.zarr").is_dir()
+    assert (tmp_path / "results" / "large.ome.zarr").is_dir()
 
 
 def test_task_failing_for_another_reason_stops_the_run_with_its_message(cluster, tmp_path):
