@@ -141,3 +141,41 @@ def test_matching_reproduces_stardist_matching(nuclei_and_rotated, thresh):
     # stardist sums the matched IoUs in float32, we in float64
     for name in ("mean_matched_score", "panoptic_quality"):
         assert getattr(ours, name) == pytest.approx(float(getattr(theirs, name)), rel=1e-6), name
+
+
+def test_thresholds_from_one_table_equal_each_threshold_alone(nuclei_and_rotated):
+    table = metrics.contingency(*nuclei_and_rotated)
+    swept = metrics.match_thresholds(None, None, metrics.THRESHOLDS, table=table)
+    assert [m.thresh for m in swept] == [0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
+    for m in swept:
+        assert m == metrics.match_labels(None, None, m.thresh, table=table)
+
+
+def test_pooled_scores_reproduce_stardist_matching_dataset(nuclei_and_rotated):
+    """Three image pairs (rotated, shifted, half the objects dropped) pooled over images at every
+    threshold: the same counts and scores as stardist's matching_dataset(by_image=False)."""
+    from stardist.matching import matching_dataset
+
+    y, rotated = nuclei_and_rotated
+    shifted = np.roll(y, (3, -2), axis=(0, 1))
+    dropped = np.where(np.isin(y, np.unique(y)[1::2]), 0, y)
+    pairs = [(y, rotated), (y, shifted), (y, dropped)]
+    per_image = [metrics.match_thresholds(t, p) for t, p in pairs]
+    theirs = matching_dataset([t for t, _ in pairs], [p for _, p in pairs], thresh=metrics.THRESHOLDS,
+                              criterion="iou", by_image=False, show_progress=False)
+    for k, their in enumerate(theirs):
+        ours = metrics.pool([m[k] for m in per_image])
+        assert ours.thresh == pytest.approx(their.thresh)
+        for name in ("tp", "fp", "fn", "n_true", "n_pred"):
+            assert getattr(ours, name) == int(getattr(their, name)), (their.thresh, name)
+        for name in ("precision", "recall", "accuracy", "f1"):
+            assert getattr(ours, name) == pytest.approx(float(getattr(their, name)), abs=1e-12), (their.thresh, name)
+        for name in ("mean_matched_score", "panoptic_quality"):  # stardist sums IoUs in float32
+            assert getattr(ours, name) == pytest.approx(float(getattr(their, name)), rel=1e-5), (their.thresh, name)
+    assert theirs[0].tp > theirs[-1].tp > 0  # the thresholds really differ on these pairs
+
+
+def test_pooling_refuses_mixed_thresholds():
+    gt = two_squares()
+    with pytest.raises(ValueError, match="different thresholds"):
+        metrics.pool([metrics.match_labels(gt, gt, 0.5), metrics.match_labels(gt, gt, 0.7)])

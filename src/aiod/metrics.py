@@ -25,6 +25,7 @@ from scipy.sparse.csgraph import connected_components
 from aiod.errors import AiodError
 
 BLOCK_VOXELS = 1 << 24  # voxels read at a time from each array
+THRESHOLDS = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))  # IoU 0.5, 0.55, ..., 0.95
 
 
 @dataclass
@@ -102,9 +103,38 @@ class Match:
     panoptic_quality: float
     n_true: int
     n_pred: int
+    sum_matched_score: float = 0.0  # summed IoU of the true positives, for pooling over images
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+def _scores(thresh: float, tp: int, fp: int, fn: int, n_true: int, n_pred: int, score_sum: float) -> Match:
+    return Match(
+        thresh=float(thresh),
+        tp=tp,
+        fp=fp,
+        fn=fn,
+        precision=_div(tp, tp + fp),
+        recall=_div(tp, tp + fn),
+        f1=_div(2 * tp, 2 * tp + fp + fn),
+        accuracy=_div(tp, tp + fp + fn),
+        mean_matched_score=_div(score_sum, tp),
+        panoptic_quality=_div(score_sum, tp + fp / 2 + fn / 2),
+        n_true=n_true,
+        n_pred=n_pred,
+        sum_matched_score=score_sum,
+    )
+
+
+def pool(matches: list[Match]) -> Match:
+    """Several images' matches at one threshold as one: summed counts and matched IoUs, as
+    `stardist.matching.matching_dataset(by_image=False)` pools them."""
+    if len({m.thresh for m in matches}) > 1:
+        raise ValueError("pool: matches at different thresholds")
+    total = {k: sum(getattr(m, k) for m in matches) for k in ("tp", "fp", "fn", "n_true", "n_pred", "sum_matched_score")}
+    return _scores(matches[0].thresh if matches else 0.5, total["tp"], total["fp"], total["fn"], total["n_true"],
+                   total["n_pred"], total["sum_matched_score"])
 
 
 def _div(a: float, b: float) -> float:
@@ -127,16 +157,27 @@ def _iou_pairs(c: Contingency):
 
 def match_labels(gt, pred, thresh: float = 0.5, *, table: Contingency | None = None) -> Match:
     """Optimal one-to-one matching on IoU, as `stardist.matching.matching` computes it."""
+    return match_thresholds(gt, pred, (thresh,), table=table)[0]
+
+
+def match_thresholds(gt, pred, thresholds=THRESHOLDS, *, table: Contingency | None = None) -> list[Match]:
+    """`match_labels` at each IoU threshold, from one contingency table and one IoU list."""
     c = table if table is not None else contingency(gt, pred)
     gi, pi, iou, n_true, n_pred = _iou_pairs(c)
-    n_matched = min(n_true, n_pred)
-    tp, score_sum = 0, 0.0
-    if n_matched > 0 and np.any(iou >= thresh):
+    groups = []  # index arrays of the pairs in each connected group of overlapping objects
+    if len(gi):
         graph = coo_matrix((np.ones(len(gi)), (gi, n_true + pi)), shape=(n_true + n_pred,) * 2)
         _, comp = connected_components(graph, directed=False)
         order = np.argsort(comp[gi], kind="stable")
-        bounds = np.flatnonzero(np.diff(comp[gi][order])) + 1
-        for grp in np.split(order, bounds):
+        groups = np.split(order, np.flatnonzero(np.diff(comp[gi][order])) + 1)
+    return [_match_groups(gi, pi, iou, n_true, n_pred, groups, float(t)) for t in thresholds]
+
+
+def _match_groups(gi, pi, iou, n_true: int, n_pred: int, groups, thresh: float) -> Match:
+    n_matched = min(n_true, n_pred)
+    tp, score_sum = 0, 0.0
+    if n_matched > 0:
+        for grp in groups:
             if not np.any(iou[grp] >= thresh):
                 continue
             rows, r = np.unique(gi[grp], return_inverse=True)
@@ -148,21 +189,7 @@ def match_labels(gt, pred, thresh: float = 0.5, *, table: Contingency | None = N
             ok = scores[ti, pj] >= thresh
             tp += int(np.count_nonzero(ok))
             score_sum += float(np.sum(scores[ti, pj][ok]))
-    fp, fn = n_pred - tp, n_true - tp
-    return Match(
-        thresh=float(thresh),
-        tp=tp,
-        fp=fp,
-        fn=fn,
-        precision=_div(tp, tp + fp),
-        recall=_div(tp, tp + fn),
-        f1=_div(2 * tp, 2 * tp + fp + fn),
-        accuracy=_div(tp, tp + fp + fn),
-        mean_matched_score=_div(score_sum, tp),
-        panoptic_quality=_div(score_sum, tp + fp / 2 + fn / 2),
-        n_true=n_true,
-        n_pred=n_pred,
-    )
+    return _scores(thresh, tp, n_pred - tp, n_true - tp, n_true, n_pred, score_sum)
 
 
 def pixel_scores(gt, pred, *, table: Contingency | None = None) -> dict:
@@ -171,11 +198,17 @@ def pixel_scores(gt, pred, *, table: Contingency | None = None) -> dict:
     n_gt = int(c.count[c.gt != 0].sum())
     n_pred = int(c.count[c.pred != 0].sum())
     both = int(c.count[(c.gt != 0) & (c.pred != 0)].sum())
+    return pixel_dice(n_gt, n_pred, both)
+
+
+def pixel_dice(fg_true: int, fg_pred: int, fg_both: int) -> dict:
+    """Foreground Dice and IoU from voxel counts (summed over images to pool them)."""
     return {
-        "dice": _div(2 * both, n_gt + n_pred),
-        "iou": _div(both, n_gt + n_pred - both),
-        "fg_true": n_gt,
-        "fg_pred": n_pred,
+        "dice": _div(2 * fg_both, fg_true + fg_pred),
+        "iou": _div(fg_both, fg_true + fg_pred - fg_both),
+        "fg_true": fg_true,
+        "fg_pred": fg_pred,
+        "fg_both": fg_both,
     }
 
 
