@@ -179,3 +179,32 @@ def test_pooling_refuses_mixed_thresholds():
     gt = two_squares()
     with pytest.raises(ValueError, match="different thresholds"):
         metrics.pool([metrics.match_labels(gt, gt, 0.5), metrics.match_labels(gt, gt, 0.7)])
+
+
+def test_a_tie_at_iou_one_half_is_assigned_once_as_stardist_does():
+    from stardist.matching import matching
+
+    gt = np.zeros((4, 4), np.uint16)
+    gt[0:2, 0:2] = 1
+    pred = np.zeros((4, 4), np.uint16)
+    pred[0:1, 0:2], pred[1:2, 0:2] = 1, 2  # each half of the true object: IoU 0.5 with both
+    ours, theirs = metrics.match_labels(gt, pred, 0.5), matching(gt, pred, thresh=0.5, criterion="iou")
+    assert (ours.tp, ours.fp, ours.fn) == (int(theirs.tp), int(theirs.fp), int(theirs.fn)) == (1, 1, 0)
+    assert ours.mean_matched_score == pytest.approx(0.5)
+
+
+def test_cells_that_tile_the_image_match_as_stardist_matches_them():
+    """Every cell touches its neighbours, so all objects form one overlap group: the case that
+    must not become one dense matrix; the counts and scores are still stardist's."""
+    from stardist.matching import matching
+
+    yy, xx = np.mgrid[0:192, 0:192]
+    gt = (yy // 12) * 16 + xx // 12 + 1
+    wy = (yy + np.rint(3 * np.sin(xx / 7.0))).clip(0, 191).astype(np.int64)
+    wx = (xx + np.rint(3 * np.cos(yy / 5.0))).clip(0, 191).astype(np.int64)
+    wavy = (wy // 12) * 16 + wx // 12 + 1
+    for thresh in (0.5, 0.6, 0.7):
+        ours, theirs = metrics.match_labels(gt, wavy, thresh), matching(gt, wavy, thresh=thresh, criterion="iou")
+        assert (ours.tp, ours.fp, ours.fn) == (int(theirs.tp), int(theirs.fp), int(theirs.fn)), thresh
+        assert ours.mean_matched_score == pytest.approx(float(theirs.mean_matched_score), rel=1e-6), thresh
+    assert [metrics.match_labels(gt, wavy, t).tp for t in (0.5, 0.6, 0.7)] == [204, 76, 7]  # of 256 cells
