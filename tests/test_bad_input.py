@@ -41,6 +41,11 @@ def _user_results_folder(folder):
     (folder / "results" / "field.ome.zarr" / "notes.txt").write_text("my own analysis")
 
 
+def _float_ground_truth(folder):
+    tifffile.imwrite(folder / "probabilities.tif", np.zeros((64, 64), np.float32))
+    (folder / "images.csv").write_text("id,image,ground_truth\nfield,field.tif,probabilities.tif\n")
+
+
 CASES = {
     # name: (extra parameters, set-up, expected fragment; {d} is the folder)
     "relative outdir onto the input folder": (
@@ -57,6 +62,9 @@ CASES = {
     "unknown publish mode": (["--publish_mode", "move"], None, "--publish_mode 'move': expected one of copy, symlink, link, copyNoFollow"),
     "misspelled parameter": (["--outdri", "x"], None, "unknown parameter --outdri (did you mean --outdir?)"),
     "a flag given a word": (["--save_tiff", "maybe"], None, "--save_tiff 'maybe': expected true or false"),
+    "a ground truth that is not a label image": (
+        [], _float_ground_truth, "line 2: column 'ground_truth': {d}/probabilities.tif has float32 pixels; expected a label "
+                                 "image of integers"),
     "a job array size that is not a number": (["--job_array", "many"], None, "--job_array 'many': expected a whole number >= 0"),
 }
 

@@ -197,6 +197,15 @@ def test_ground_truth_of_another_shape(folder):
         "30x48 (axes YX); expected a label image of the image's spatial shape 32x48 (YX)")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bool"])
+def test_ground_truth_that_is_not_a_label_image(folder, dtype):
+    tifffile.imwrite(folder / "img" / "probabilities.tif", np.zeros((32, 48), dtype))
+    path = sheet(folder, "id,image,ground_truth\na,img/a.tif,img/probabilities.tif\n")
+    assert error_of(path, InputError) == (
+        f"{path}: line 2: column 'ground_truth': {folder / 'img' / 'probabilities.tif'} has {np.dtype(dtype)} pixels; "
+        "expected a label image of integers (0 for background, one id per object)")
+
+
 def test_missing_ground_truth(folder):
     path = sheet(folder, "id,image,ground_truth\na,img/a.tif,img/none.tif\n")
     assert error_of(path, InputError) == (

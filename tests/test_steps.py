@@ -227,6 +227,20 @@ def test_evaluate_scores_published_masks_against_ground_truth(tmp_path, capsys):
     assert table[0].startswith("id,n_true,n_pred,tp,fp,fn") and table[0].endswith("f1@0.95") and len(table) == 4
 
 
+def test_evaluate_refuses_negative_ground_truth_labels_naming_the_file(tmp_path):
+    from aiod import evaluate
+    from aiod.errors import InputError
+    gt = np.zeros((16, 16), np.int16)
+    gt[2:6, 2:6], gt[8:12, 8:12] = 1, -3
+    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    tifffile.imwrite(tmp_path / "img.tif", np.zeros((16, 16), np.uint8))
+    ngff.create_labels(tmp_path / "res" / "a.ome.zarr", "x", gt.shape, "YX", np.uint32)[...] = 0
+    (tmp_path / "s.csv").write_text("id,image,ground_truth\na,img.tif,gt.tif\n")
+    with pytest.raises(InputError, match=r"gt.tif: ground truth has negative labels \(-3\)"):
+        evaluate.evaluate(tmp_path / "res", tmp_path / "s.csv")
+    assert not (tmp_path / "res" / "evaluation.json").exists()
+
+
 def test_evaluate_without_a_published_mask_names_it(tmp_path):
     from aiod import evaluate
     from aiod.errors import InputError

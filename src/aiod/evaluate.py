@@ -31,7 +31,11 @@ class _Blocks:
         self.shape = image.spatial_shape
 
     def __getitem__(self, box):
-        return self.image.read(box, None)
+        block = self.image.read(box, None)
+        if block.dtype.kind == "i" and block.size and block.min() < 0:
+            raise InputError(f"{self.image.path}: ground truth has negative labels ({int(block.min())}); expected a "
+                             "label image of integers (0 for background, one id per object)")
+        return block
 
 
 def _row(sample_id: str, matches: list[metrics.Match], pixel: dict, split: int, fused: int) -> dict:

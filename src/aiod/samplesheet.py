@@ -206,6 +206,9 @@ def _check_one(s: Sample) -> CheckedSample:
                              f"shape {_dims(gt.shape)} (axes {gt.axes}); expected a label "
                              f"image of the image's spatial shape {_dims(checked.spatial_shape)}"
                              f" ({''.join(a for a in checked.axes if a != 'C')})")
+        if gt.dtype.kind not in "iu":
+            raise InputError(f"{_where(sheet, line, 'ground_truth')}: {s.ground_truth} has {gt.dtype} pixels; "
+                             "expected a label image of integers (0 for background, one id per object)")
     return replace(checked, ground_truth=s.ground_truth.resolve())
 
 
