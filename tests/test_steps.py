@@ -328,3 +328,39 @@ def test_results_that_would_hold_or_sit_inside_an_input_are_refused_among_many_r
     inside = rows + [("c", [tmp_path / "data" / "vol.zarr"], "line 9001")]
     with pytest.raises(AiodError, match=r"line 9001: the result '.*/c.ome.zarr' would be written inside the input "):
         check_targets(inside, out)
+
+
+@pytest.mark.parametrize("mode", ["copy", "link", "symlink"])
+def test_an_identical_rerun_keeps_the_published_mask_and_an_edited_one_is_published_again(tmp_path, mode):
+    """Publishing the same cache entry again leaves `<id>.ome.zarr` as it is (files, inodes and
+    times: nothing copied) and rewrites only the record; a file the user changed in between, or
+    another publish mode, makes it publish the mask again."""
+    from aiod import publish
+
+    entry = tmp_path / "cache" / "entry"
+    labels = entry / "labels.ome.zarr"
+    (labels / "0").mkdir(parents=True)
+    (labels / "zarr.json").write_text('{"node_type": "group"}')
+    (labels / "0" / "c").write_bytes(b"\x01" * 64)
+    record = {"id": "a", "key": "k", "cache_entry": str(entry), "aiod_version": "test", "cache_hit": False}
+    out = tmp_path / "out"
+
+    def state():
+        return {str(p.relative_to(out)): (p.lstat().st_ino, p.lstat().st_mtime_ns) for p in sorted(out.rglob("*"))
+                if "ome.zarr" in p.name or ".ome.zarr/" in str(p.relative_to(out))}
+
+    publish.publish(outdir=out, sample_id="a", labels=labels, record=record, mode=mode)
+    first = state()
+    publish.publish(outdir=out, sample_id="a", labels=labels, record={**record, "cache_hit": True}, mode=mode)
+    assert state() == first  # kept, not copied again
+    saved = json.loads((out / "a.json").read_text())
+    assert saved["cache_hit"] is True and saved["published"] == {".ome.zarr": str(out / "a.ome.zarr")}
+    assert not [p for p in out.iterdir() if p.name.startswith(publish.TMP_PREFIX)]
+
+    if mode == "copy":
+        chunk = out / "a.ome.zarr" / "0" / "c"
+        chunk.write_bytes(b"\x02" * 64)  # the user edits the published mask: same size, new time
+        publish.publish(outdir=out, sample_id="a", labels=labels, record=record, mode=mode)
+        assert chunk.read_bytes() == b"\x01" * 64 and state() != first
+        publish.publish(outdir=out, sample_id="a", labels=labels, record=record, mode="link")
+        assert chunk.stat().st_ino == (labels / "0" / "c").stat().st_ino  # another mode: published again

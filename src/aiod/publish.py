@@ -128,10 +128,11 @@ def publish(*, outdir: Path, sample_id: str, labels: Path, record: dict, mode: s
     paths = targets(outdir, sample_id)
     staged: dict[str, Path] = {}
     try:
-        staged[".ome.zarr"] = _stage(paths[".ome.zarr"], lambda tmp: _put_tree(Path(labels), tmp, mode))
+        if not _published_before(paths, record, Path(labels), mode):  # else an identical rerun keeps it
+            staged[".ome.zarr"] = _stage(paths[".ome.zarr"], lambda tmp: _put_tree(Path(labels), tmp, mode))
         if tiff_writer is not None:
             staged[".tif"] = _stage(paths[".tif"], tiff_writer)
-        published = {suffix: str(paths[suffix]) for suffix in staged}
+        published = {suffix: str(paths[suffix]) for suffix in (".ome.zarr", *staged)}
         record = {"format": RECORD_FORMAT, **record, "published": published}
         staged[".json"] = _stage(paths[".json"], lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
         if ".tif" not in staged and (paths[".tif"].is_symlink() or paths[".tif"].exists()):
@@ -143,6 +144,41 @@ def publish(*, outdir: Path, sample_id: str, labels: Path, record: dict, mode: s
         for tmp in staged.values():
             _remove(tmp)
     return {suffix: paths[suffix] for suffix in published} | {".json": paths[".json"]}
+
+
+def _published_before(paths: dict[str, Path], record: dict, labels: Path, mode: str) -> bool:
+    """True when `<id>.ome.zarr` is what publishing `labels` by `mode` would write, untouched
+    since an earlier run published it from the same cache entry: the same files, each with the
+    size and modification time that copying gave it (the same inode for `link`, the same target
+    for `symlink`). Anything else (an edited or missing file, another entry) is published again."""
+    try:
+        before = json.loads(paths[".json"].read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(before, dict) or before.get("cache_entry") != record.get("cache_entry") or (
+            ".ome.zarr" not in (before.get("published") or {})):
+        return False
+    target = paths[".ome.zarr"]
+    if mode == "symlink":
+        return target.is_symlink() and _real(target) == _real(labels)
+    if target.is_symlink() or not target.is_dir():
+        return False
+    source = {p.relative_to(labels): p for p in labels.rglob("*")}
+    copied = {p.relative_to(target): p for p in target.rglob("*")}
+    if source.keys() != copied.keys():
+        return False
+    for name, src in source.items():
+        dst = copied[name]
+        if src.is_dir() or dst.is_dir() or dst.is_symlink():
+            if src.is_dir() and dst.is_dir() and not dst.is_symlink():
+                continue
+            return False
+        a, b = src.stat(), dst.stat()
+        linked = (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+        same = linked if mode == "link" else not linked and (a.st_size, a.st_mtime_ns) == (b.st_size, b.st_mtime_ns)
+        if not same:
+            return False
+    return True
 
 
 def _stage(target: Path, write) -> Path:
