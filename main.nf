@@ -12,6 +12,8 @@ include { PLAN          } from './modules/local/plan'
 include { SEGMENT       } from './modules/local/segment'
 include { MERGE         } from './modules/local/merge'
 include { FINALIZE      } from './modules/local/finalize'
+include { EVALUATE      } from './modules/local/evaluate'
+include { COMPARE       } from './modules/local/compare'
 
 // A digest of some files (names relative to `base`, and contents). Nextflow hashes the bin/
 // scripts a task names, not the Python modules they import, so each process takes the digest
@@ -122,82 +124,113 @@ workflow {
     if (!samplesheet.exists()) {
         error("AIOD ERROR: --input ${params.input}: file not found")
     }
-    overrides = params.model_params ? file(params.model_params) : []
-    if (overrides && !overrides.exists()) {
-        error("AIOD ERROR: --model_params ${params.model_params}: file not found")
+    if (params.models && (params.model != 'classical' || params.model_version || params.task || params.model_params)) {
+        error("AIOD ERROR: --models names every model with its version, task and parameters: use it without --model, --model_version, --task and --model_params")
+    }
+    request_file = params.models ? (params.models.trim() ==~ /(?i).*\.(ya?ml|json)/ ? file(params.models.trim()) : []) : (params.model_params ? file(params.model_params) : [])
+    if (request_file && !request_file.exists()) {
+        error("AIOD ERROR: --${params.models ? 'models' : 'model_params'} ${params.models ?: params.model_params}: file not found")
     }
 
-    // [model, version, task, overrides file or [], its path]: ['classical', 'nuclei', '', [], ''] ('' = the manifest's default)
-    ch_model_request = channel.of([params.model, params.model_version ?: '', params.task ?: '', overrides, overrides ? overrides.toString() : ''])
-    RESOLVE_MODEL(ch_model_request, registry, code.RESOLVE_MODEL)
+    // [request, its file or []]: [[model: 'classical', version: '', task: '', models: '', source: ''], []]
+    request = [model: params.model, version: params.model_version ?: '', task: params.task ?: '', models: params.models ?: '',
+                   source: request_file ? request_file.toString() : '']
+    RESOLVE_MODEL(channel.of([request, request_file]), registry, code.RESOLVE_MODEL)
 
-    // model.json, its artifact fetched into the cache first when the version has one
-    ch_resolved = RESOLVE_MODEL.out.model.branch { spec, n_locations ->
-        fetch: (n_locations as int) > 0
-        ready: true
-    }
-    FETCH_ARTIFACTS(ch_resolved.fetch.map { spec, n_locations -> spec }, code.FETCH_ARTIFACTS)
-    ch_model = FETCH_ARTIFACTS.out.model.mix(ch_resolved.ready.map { spec, n_locations -> spec })
+    // [model, its spec]: [[index: 0, label: 'stardist_2D_versatile_fluo', subdir: '', family: 'stardist', locations: 1], 0.json]
+    // The model travels with every element from here on: one run fans out images x models, and
+    // each step that loads a model runs in its family's environment (conf/venv.config, conda.config).
+    ch_resolved = RESOLVE_MODEL.out.models.flatten()
+        .map { spec ->
+            def m = new groovy.json.JsonSlurperClassic().parse(spec.toFile())
+            [[index: m.index, label: m.label, subdir: m.subdir, family: m.family, locations: m.locations.size()], spec]
+        }
+        .branch { model, spec ->
+            fetch: model.locations > 0
+            ready: true
+        }
+    FETCH_ARTIFACTS(ch_resolved.fetch, code.FETCH_ARTIFACTS)
+    ch_model = FETCH_ARTIFACTS.out.model.mix(ch_resolved.ready)
 
-    // [samplesheet, its absolute path]: [images.csv, '/data/images.csv']
-    CHECK_INPUT(channel.of([samplesheet, samplesheet.toAbsolutePath().toString()]), code.CHECK_INPUT)
+    // [samplesheet, its absolute path]: [images.csv, '/data/images.csv']; the folders the models publish in
+    CHECK_INPUT(channel.of([samplesheet, samplesheet.toAbsolutePath().toString()]),
+                ch_resolved.fetch.mix(ch_resolved.ready).map { model, spec -> model.subdir }.toSortedList(), code.CHECK_INPUT)
+    ch_samples = CHECK_INPUT.out.samples.splitCsv(header: true)
 
-    // [plan batch, [meta...], [image...]]: [0, [[id: 'field1', axes: 'YX', channel: '', image: '/data/field1.tif'], ...], [...]]
+    // [model, plan batch, [meta...], [image...], model spec]: [model, 0, [[id: 'field1', axes: 'YX', channel: '', image: '/data/field1.tif'], ...], [...], spec]
     // CHECK_INPUT numbers the PLAN task of each image (aiod.batches): many small images share one
-    ch_plan_batches = CHECK_INPUT.out.samples
-        .splitCsv(header: true)
+    ch_plan_batches = ch_samples
         .map { row -> [row.plan_batch as int, [id: row.id, axes: row.axes, channel: row.channel, image: row.image], file(row.image)] }
         .groupTuple()
-    PLAN(ch_plan_batches, ch_model.first(), code.PLAN)
+        .combine(ch_model)
+        .map { batch, metas, images, model, spec -> [model, batch, metas, images, spec] }
+    PLAN(ch_plan_batches, code.PLAN)
 
-    // [metas by id, job files by id, batches.json parsed]: what each PLAN task found and planned
+    // [model, metas by id, job files by id, batches.json parsed]: what each PLAN task found and planned
     // (JsonSlurperClassic builds plain maps: JsonSlurper's lazy maps are built on first read, and
     // several operators read this one from their own threads)
-    ch_planned = PLAN.out.plan.map { metas, jobs, batches ->
-        [metas.collectEntries { m -> [(m.id): m] }, asList(jobs).collectEntries { j -> [(j.name.substring(0, j.name.length() - 5)): j] },
+    ch_planned = PLAN.out.plan.map { model, metas, jobs, batches ->
+        [model, metas.collectEntries { m -> [(m.id): m] }, asList(jobs).collectEntries { j -> [(j.name.substring(0, j.name.length() - 5)): j] },
          new groovy.json.JsonSlurperClassic().parse(batches.toFile())]
     }
 
-    // [batch, [job...], [image...]]: one SEGMENT task per batch of substacks, from one image or many
-    ch_segment = ch_planned.flatMap { metas, jobs, batches ->
+    // [model, batch, [job...], [image...]]: one SEGMENT task per batch of substacks, from one image or many
+    ch_segment = ch_planned.flatMap { model, metas, jobs, batches ->
         batches.segment.collect { b ->
             def ids = b.items.collect { item -> item[0] }.unique()
             def items = b.items.collect { id, substack, n -> [id: id, substack: substack, n: n, job: ids.indexOf(id)] }
-            [[name: b.name, memory: b.memory, items: items, jobs: ids.collect { id -> jobs[id].toString() }], ids.collect { id -> jobs[id] }, ids.collect { id -> file(metas[id].image) }]
+            [model, [name: b.name, memory: b.memory, items: items, jobs: ids.collect { id -> jobs[id].toString() }], ids.collect { id -> jobs[id] }, ids.collect { id -> file(metas[id].image) }]
         }
     }
     SEGMENT(ch_segment, code.SEGMENT)
 
-    // [batch, [[item, its output]...]]: a substack's labels, or the result of an image planned as one substack
-    ch_segmented = SEGMENT.out.labels.map { batch, outs -> [batch, asList(outs).sort { out -> out.name as int }.collect { out -> [batch.items[out.name as int], out] }] }
+    // [model, batch, [[item, its output]...]]: a substack's labels, or the result of an image planned as one substack
+    ch_segmented = SEGMENT.out.labels.map { model, batch, outs -> [model, batch, asList(outs).sort { out -> out.name as int }.collect { out -> [batch.items[out.name as int], out] }] }
 
-    // [meta, job, [substack labels]]: an image's merge starts as soon as its own substacks are done
+    // [model, meta, job, [substack labels]]: an image's merge starts as soon as its own substacks are done
     ch_to_merge = ch_segmented
-        .flatMap { batch, outs -> outs.findAll { item, out -> item.n > 1 } }
-        .map { item, labels -> [groupKey(item.id, item.n), labels] }
+        .flatMap { model, batch, outs -> outs.findAll { item, out -> item.n > 1 }.collect { item, out -> [groupKey("${model.index}/${item.id}".toString(), item.n), out] } }
         .groupTuple()
         .map { key, labels -> [key.toString(), labels] }
-        .join(ch_planned.flatMap { metas, jobs, batches ->
-            batches.n_substacks.findAll { id, n -> n > 1 && !(id in batches.hits) }.collect { id, n -> [id, metas[id], jobs[id]] }
+        .join(ch_planned.flatMap { model, metas, jobs, batches ->
+            batches.n_substacks.findAll { id, n -> n > 1 && !(id in batches.hits) }.collect { id, n -> ["${model.index}/${id}".toString(), model, metas[id], jobs[id]] }
         })
-        .map { id, labels, meta, job -> [meta, job, labels] }
+        .map { key, labels, model, meta, job -> [model, meta, job, labels] }
     MERGE(ch_to_merge, code.MERGE)
 
-    // [[id...], [job...], [result...] or []]: results go into the cache and out a batch at a time:
+    // [model, [id...], [job...], [result...] or []]: results go into the cache and out a batch at a time:
     // those one SEGMENT task made together, each merged one alone, one PLAN task's cache hits together
     ch_final = ch_segmented
-        .map { batch, outs -> outs.findAll { item, out -> item.n == 1 }.collect { item, out -> [item.id, file(batch.jobs[item.job]), out] } }
-        .filter { done -> done }
-        .map { done -> done.transpose() }
-        .mix(MERGE.out.result.map { meta, job, result -> [[meta.id], [job], [result]] })
-        .mix(ch_planned.filter { metas, jobs, batches -> batches.hits }
-            .map { metas, jobs, batches -> [batches.hits, batches.hits.collect { id -> jobs[id] }, []] })
+        .map { model, batch, outs -> [model, outs.findAll { item, out -> item.n == 1 }.collect { item, out -> [item.id, file(batch.jobs[item.job]), out] }] }
+        .filter { model, done -> done }
+        .map { model, done -> [model] + done.transpose() }
+        .mix(MERGE.out.result.map { model, meta, job, result -> [model, [meta.id], [job], [result]] })
+        .mix(ch_planned.filter { model, metas, jobs, batches -> batches.hits }
+            .map { model, metas, jobs, batches -> [model, batches.hits, batches.hits.collect { id -> jobs[id] }, []] })
     FINALIZE(ch_final, code.FINALIZE)
 
-    FINALIZE.out.records
-        .flatMap { ids, records -> asList(records).collect { record -> new groovy.json.JsonSlurperClassic().parse(record.toFile()) } }
-        .toSortedList { a, b -> a.id <=> b.id }
+    // [model, record]: every image's record, as published
+    ch_records = FINALIZE.out.records.flatMap { model, ids, records -> asList(records).collect { record -> [model, record] } }
+
+    // [model, [id...], [ground truth...], [record...]]: the results of one FINALIZE task that have ground truth, scored together
+    ch_truth = ch_samples.filter { row -> row.ground_truth }.map { row -> [row.id, row.ground_truth] }.toList().map { pairs -> pairs.collectEntries() }
+    ch_to_score = FINALIZE.out.records
+        .combine(ch_truth)
+        .map { model, ids, records, gt -> [model, asList(records).findAll { r -> gt[r.baseName] }.collect { r -> [r.baseName, file(gt[r.baseName]), r] }] }
+        .filter { model, scored -> scored }
+        .map { model, scored -> [model] + scored.transpose() }
+    EVALUATE(ch_to_score, code.EVALUATE)
+
+    // once, when every result is published: the comparison table, the scores and the report
+    COMPARE(ch_records.map { model, record -> record }.collect(sort: { a, b -> a.toString() <=> b.toString() }).ifEmpty([]),
+            EVALUATE.out.scores.flatMap { model, scores -> asList(scores) }.collect().ifEmpty([]),
+            runInfo(), code.COMPARE)
+
+    ch_records
+        .map { model, record -> new groovy.json.JsonSlurperClassic().parse(record.toFile()) }
+        .toSortedList { a, b -> (a.model_label <=> b.model_label) ?: (a.id <=> b.id) }
         .subscribe { records -> if (records) { log.info(summaryText(records, params.outdir)) } }
+    COMPARE.out.table.subscribe { table -> log.info('\nAIoD comparison\n' + table.text) }
 
     workflow.onComplete = {
         if (workflow.success) {
@@ -216,11 +249,20 @@ def asList(files) {
     return files instanceof List ? files : [files]
 }
 
-// One line per image: where it came from (cache or computed), objects found, where it went.
+// The run, as the report names it: the exact command, the versions and the profile.
+def runInfo() {
+    return new groovy.json.JsonBuilder([command: workflow.commandLine, nextflow_version: nextflow.version.toString(),
+        pipeline_version: workflow.manifest.version, started: workflow.start.toString(), profile: workflow.profile,
+        session: workflow.sessionId.toString()]).toString()
+}
+
+// One line per image and model: where it came from (cache or computed), objects found, where it went.
 def summaryText(List records, String outdir) {
+    def several = records*.model_label.unique().size() > 1
     def lines = ['', 'AIoD summary', String.format('  %-20s %-9s %10s  %s', 'image', 'source', 'objects', 'result')]
     records.each { r ->
-        lines << String.format('  %-20s %-9s %10s  %s', r.id, r.cache_hit ? 'cache' : 'computed', r.n_objects == null ? '-' : r.n_objects, "${outdir}/${r.id}.ome.zarr")
+        def where = several ? "${outdir}/${r.model_label}/${r.id}.ome.zarr" : "${outdir}/${r.id}.ome.zarr"
+        lines << String.format('  %-20s %-9s %10s  %s', r.id, r.cache_hit ? 'cache' : 'computed', r.n_objects == null ? '-' : r.n_objects, where)
     }
     def computed = records.count { r -> !r.cache_hit }
     lines << "  ${records.size()} image(s): ${computed} computed, ${records.size() - computed} from the cache"

@@ -154,3 +154,68 @@ def test_a_random_weight_model_runs_in_the_pipeline_as_its_adapter_does(tmp_path
     # box would see the whole image, and the merge of such boxes is tested in tests/test_merge.py
     # (four more tasks of a large model each, minutes on a CPU). Substacks that see part of an
     # image: the trained families' tests above and tests/test_family_stardist.py.
+
+
+def test_three_models_in_one_run_each_in_its_family_environment_compared_on_the_annotated_nuclei(
+        tmp_path, trained_artifact, nuclei_data):  # noqa: F811
+    """`--models` fans the images out over three families; each SEGMENT runs in its own family's
+    environment, each model publishes under its label, and COMPARE's table holds the scores that
+    `aiod compare` computes from the published masks. A second run computes nothing."""
+    from aiod import compare
+
+    for family in ("classical", "stardist", "cellpose"):
+        env_python(family)
+    lab = tmp_path / "lab"
+    lab_registry(lab, "stardist", "2D_versatile_fluo", {"filepath": str(trained_artifact("stardist", 2))})
+    lab_registry(lab, "cellpose", "nuclei", {"filepath": str(trained_artifact("cellpose", 2))})
+    work = tmp_path / "run"
+    (work / "data").mkdir(parents=True)
+    image, truth = nuclei_data / "nuclei_2d.tif", tifffile.imread(nuclei_data / "nuclei_2d_mask.tif")
+    tifffile.imwrite(work / "data" / "dsb.tif", tifffile.imread(image))
+    tifffile.imwrite(work / "data" / "dsb_gt.tif", truth)
+    tifffile.imwrite(work / "data" / "crop.tif", tifffile.imread(image)[:256, 128:448])  # a second image, its own size
+    tifffile.imwrite(work / "data" / "crop_gt.tif", truth[:256, 128:448])
+    (work / "images.csv").write_text("id,image,ground_truth\ndsb,data/dsb.tif,data/dsb_gt.tif\ncrop,data/crop.tif,data/crop_gt.tif\n")
+    models = "classical, stardist:2D_versatile_fluo, cellpose:nuclei:{diameter: 17}"
+    common = ["--input", "images.csv", "--outdir", "results", "--root_dir", "root", "--registry_dir", str(lab),
+              "--models", models, "--num_substacks", "2"]
+    first = run_pipeline(work, *common, "--trace_report_suffix", "first", profile="test,venv")
+    labels = ["classical_nuclei", "stardist_2D_versatile_fluo", "cellpose_nuclei"]
+    results = work / "results"
+    for label in labels:
+        for sample_id in ("dsb", "crop"):
+            assert json.loads((results / label / f"{sample_id}.json").read_text())["model_label"] == label
+    # each family's substacks ran in that family's environment (the manifests keep each one's python)
+    for label, family in zip(labels, ("classical", "stardist", "cellpose")):
+        record = json.loads((results / label / "dsb.json").read_text())
+        manifest = json.loads((Path(record["cache_entry"]) / "manifest.json").read_text())
+        pythons = {t["python"] for t in manifest["timings"]["substacks"].values()}
+        assert len(pythons) == 1 and Path(pythons.pop()).name.startswith(f"{family}-"), (label, manifest["timings"])
+    table = json.loads((results / "comparison.json").read_text())
+    assert sorted(r["label"] for r in table["models"]) == sorted(labels) and table["ground_truth"]
+    assert [r["f1"] for r in table["models"]] == sorted((r["f1"] for r in table["models"]), reverse=True)
+    assert [r["best"] for r in table["models"]] == [True, False, False]
+    # the same scores as the command line computes from the published masks, alone
+    again = {r["label"]: r for r in compare.compare_results(results, work / "images.csv")["models"]}
+    for row in table["models"]:
+        for metric in ("f1", "ap_50_95", "panoptic_quality", "dice", "objects", "images"):
+            assert row[metric] == pytest.approx(again[row["label"]][metric]), (row["label"], metric)
+        assert row["computed"] == 2 and row["cached"] == 0 and row["seconds_per_megapixel"] > 0
+        assert row["peak_memory_bytes"] > 50 * 2**20 and row["device"] == "CPU"
+    by_label = {r["label"]: r for r in table["models"]}
+    assert by_label["stardist_2D_versatile_fluo"]["f1"] >= 0.6 and by_label["cellpose_nuclei"]["f1"] >= 0.6
+    assert by_label["cellpose_nuclei"]["params"]["diameter"] == 17
+    evaluation = json.loads((results / "evaluation.json").read_text())
+    assert {(r["model"], r["id"]) for r in evaluation["images"]} == {(m, i) for m in labels for i in ("dsb", "crop")}
+    assert "AIoD comparison" in first.stdout and all(label in first.stdout for label in labels)
+    assert (results / "report.html").stat().st_size > 10_000
+    rows = trace_rows(results, "first")
+    assert len(processes(rows, "SEGMENT", "COMPLETED")) == 3  # each model loaded once for both images
+    assert len(processes(rows, "EVALUATE", "COMPLETED")) == len(processes(rows, "FINALIZE", "COMPLETED")) == 6
+    # a second run: every result from the cache, the same table
+    run_pipeline(work, *common, "--trace_report_suffix", "second", profile="test,venv")
+    rows = trace_rows(results, "second")
+    assert not processes(rows, "SEGMENT") and not processes(rows, "MERGE")
+    second = json.loads((results / "comparison.json").read_text())
+    assert [(r["label"], r["cached"], r["computed"], r["f1"]) for r in second["models"]] == \
+        [(r["label"], 2, 0, r["f1"]) for r in table["models"]]

@@ -209,7 +209,7 @@ def test_evaluate_scores_published_masks_against_ground_truth(tmp_path, capsys):
     (tmp_path / "s.csv").write_text("id,image,ground_truth\na,img.tif,gt.tif\n")
     ngff.create_labels(tmp_path / "res" / "b.ome.zarr", "x", gt.shape, "YX", np.uint32)[...] = gt
     (tmp_path / "s.csv").write_text("id,image,ground_truth\na,img.tif,gt.tif\nb,img.tif,gt.tif\nc,img.tif,\n")
-    rows, pooled = evaluate.evaluate(tmp_path / "res", tmp_path / "s.csv")
+    rows, [pooled] = evaluate.evaluate(tmp_path / "res", tmp_path / "s.csv")
     n = len(np.unique(gt)) - 1
     assert [r["id"] for r in rows] == ["a", "b"]  # c has no ground truth
     assert rows[0]["n_true"] == n and rows[0]["n_pred"] == n - 1 and rows[0]["fused"] == 1
@@ -222,9 +222,9 @@ def test_evaluate_scores_published_masks_against_ground_truth(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "F1@0.5" in out and "AP50:95" in out and evaluate.POOLED in out
     saved = json.loads((tmp_path / "res" / "evaluation.json").read_text())
-    assert saved["images"] == rows and saved["pooled"] == pooled and saved["thresholds"][-1] == 0.95
+    assert saved["images"] == rows and saved["pooled"] == [pooled] and saved["thresholds"][-1] == 0.95
     table = (tmp_path / "res" / "evaluation.csv").read_text().splitlines()
-    assert table[0].startswith("id,n_true,n_pred,tp,fp,fn") and table[0].endswith("f1@0.95") and len(table) == 4
+    assert table[0].startswith("model,id,n_true,n_pred,tp,fp,fn") and table[0].endswith("f1@0.95") and len(table) == 4
 
 
 def test_evaluate_refuses_negative_ground_truth_labels_naming_the_file(tmp_path):

@@ -11,24 +11,52 @@ from pathlib import Path
 
 import yaml
 
-from . import diskspace
+from . import diskspace, report
 from .errors import EXIT_CODE, AiodError, ModelError
 
 
 def _resolve_model(a):
-    from .models import resolve
-    overrides = {}
-    if a.params:
-        try:
-            overrides = yaml.safe_load(Path(a.params).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ModelError(f"{a.params_source or a.params}: cannot read model parameters ({exc.__class__.__name__}: {exc})".replace("\n", " ")) from None
-        if not isinstance(overrides, dict):
-            raise ModelError(f"{a.params_source or a.params}: expected a mapping of parameter names to values, e.g. 'min_size: 50'")
-    spec = resolve(a.model, a.version or None, a.task or None, overrides, a.registry_dir, source=a.params_source or a.params or "model_params")
-    Path(a.out).write_text(json.dumps(spec, indent=2))
-    Path(a.out).with_suffix(".status").write_text(f"{len(spec['locations'])}\n")
-    print(f"{spec['family']}/{spec['version']}/{spec['task']}: {len(spec['locations'])} artifact location(s)")
+    from .model_list import read_entries, resolve_entries
+    if a.models:
+        if a.model or a.version or a.task or a.params:
+            raise ModelError("--models names every model with its version, task and parameters: use it without "
+                             "--model, --model_version, --task and --model_params")
+        entries = read_entries(a.models, a.models_source)
+        source = f"--models {a.models_source or a.models}" if a.models.strip().lower().endswith((".yaml", ".yml", ".json")) else "--models"
+    elif a.model:
+        entries = [{"model": a.model, "version": a.version or None, "task": a.task or None, "label": None,
+                    "params": _read_overrides(a.params, a.params_source) if a.params else {}}]
+        source = a.params_source or a.params or "model_params"
+    else:
+        raise ModelError("no model: give --model (one) or --models (several)")
+    specs = resolve_entries(entries, a.registry_dir, source=source)
+    if a.out:
+        if len(specs) > 1:
+            raise ModelError("--out takes one model; use --out-dir for several")
+        _write_spec(specs[0], Path(a.out))
+    else:
+        out = Path(a.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for k, spec in enumerate(specs):
+            spec["index"] = k
+            spec["subdir"] = spec["label"] if len(specs) > 1 else ""  # several models: <outdir>/<label>/
+            _write_spec(spec, out / f"{k}.json")
+
+
+def _read_overrides(path: str, source: str | None) -> dict:
+    try:
+        overrides = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ModelError(f"{source or path}: cannot read model parameters ({exc.__class__.__name__}: {exc})".replace("\n", " ")) from None
+    if not isinstance(overrides, dict):
+        raise ModelError(f"{source or path}: expected a mapping of parameter names to values, e.g. 'min_size: 50'")
+    return overrides
+
+
+def _write_spec(spec: dict, out: Path) -> None:
+    out.write_text(json.dumps(spec, indent=2))
+    out.with_suffix(".status").write_text(f"{len(spec['locations'])}\n")
+    print(f"{spec['label']}: {spec['family']}/{spec['version']}/{spec['task']}, {len(spec['locations'])} artifact location(s)")
 
 
 def _fetch(a):
@@ -89,8 +117,9 @@ def _check_input(a):
     samples = samplesheet.read_samplesheet(Path(a.source or a.samplesheet))
     if a.outdir:
         from .publish import check_targets
-        check_targets(samplesheet.inputs_by_row(samples), Path(a.outdir).absolute(),
-                      Path(a.root_dir).absolute() if a.root_dir else None)
+        for subdir in dict.fromkeys((a.subdirs or "").split(",")):  # '': --outdir itself (one model)
+            check_targets(samplesheet.inputs_by_row(samples), Path(a.outdir).absolute() / subdir,
+                          Path(a.root_dir).absolute() if a.root_dir else None)
     checked = samplesheet.check_samples(samples, open_images=not a.no_open)
     samplesheet.write_checked(checked, Path(a.out))
     print(f"[aiod] {a.samplesheet}: {len(checked)} image(s) checked")
@@ -173,18 +202,63 @@ def _evaluate(a):
     evaluate.report(Path(a.results), Path(a.samplesheet))
 
 
+def _score(a):
+    """EVALUATE: each (label, id, ground truth, record) row of --items scored into <out>/<k>.json:
+    the result the record names, read from its cache entry."""
+    from . import evaluate
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for k, line in enumerate(Path(a.items).read_text().splitlines()):
+        label, sample_id, gt, record = line.split("\t")
+        entry = Path(json.loads(Path(record).read_text())["cache_entry"])
+        scores = evaluate.score(Path(gt), entry / "labels.ome.zarr")
+        (out / f"{k}.json").write_text(json.dumps({"label": label, "id": sample_id, **scores}))
+        half = scores["matches"][0]
+        print(f"{label} {sample_id}: F1@0.5 {half['f1']:.3f} ({half['tp']} matched, {half['fp']} false, {half['fn']} missed)")
+
+
+def _compare(a):
+    from . import compare, report
+    from .errors import InputError
+    if a.results:
+        out_dir = Path(a.results)
+        comparison = compare.compare_results(out_dir, Path(a.samplesheet) if a.samplesheet else None, a.rank_by)
+    else:
+        if not a.outdir:
+            raise InputError("aiod compare: give --results DIR (a published outdir), or --records with --outdir")
+        records = [json.loads(Path(p).read_text()) for p in a.records]
+        scores = {}
+        for p in a.scores:
+            s = json.loads(Path(p).read_text())
+            scores[(s.pop("label"), s.pop("id"))] = s
+        comparison = compare.compare(records, scores, a.rank_by)
+        out_dir = Path(a.outdir)
+    text = compare.table_text(comparison)
+    written = compare.write(out_dir, comparison)
+    run = json.loads(Path(a.run_info).read_text()) if a.run_info else None
+    written.append(report.write_report(out_dir, samplesheet=Path(a.samplesheet) if a.samplesheet else None, run=run))
+    text += "\n  written: " + ", ".join(str(p) for p in written)
+    if a.text:
+        Path(a.text).write_text(text + "\n")
+    print(text)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aiod", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("resolve-model", help="check a model request against the registry, write its resolved spec")
-    s.add_argument("--model", required=True)
+    s.add_argument("--model", help="one model (family)")
+    s.add_argument("--models", help="several: 'family[:version[:task]][:{params}], ...' or a YAML/JSON list (aiod.model_list)")
+    s.add_argument("--models-source", help="the --models file's original path, named in messages")
     s.add_argument("--version", help="default: the family's first version")
     s.add_argument("--task", help="default: the version's first task")
     s.add_argument("--params", help="YAML/JSON file of parameter overrides")
     s.add_argument("--params-source", help="the overrides file's original path, named in messages")
     s.add_argument("--registry-dir", action="append", default=[], help="extra registry directory (repeatable)")
-    s.add_argument("--out", required=True)
+    out = s.add_mutually_exclusive_group(required=True)
+    out.add_argument("--out", help="the resolved spec of the one model")
+    out.add_argument("--out-dir", help="a folder: <k>.json for the k-th model (from 0)")
     s.set_defaults(func=_resolve_model)
 
     s = sub.add_parser("fetch", help="fetch a resolved model's artifact into the cache (once), write the spec with it")
@@ -212,6 +286,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--source", help="the samplesheet's original path, named in messages (relative image paths start from its folder)")
     s.add_argument("--no-open", action="store_true", help="check the CSV only, do not open images")
     s.add_argument("--outdir", help="where results will be published: refuse results that would touch an input or a file AIoD did not write")
+    s.add_argument("--subdirs", default="", help="comma-separated folders under --outdir that models publish in ('': --outdir)")
     s.add_argument("--root-dir", help="the cache's root: refused inside an input")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_check_input)
@@ -288,14 +363,35 @@ def parser() -> argparse.ArgumentParser:
             a.add_argument("--yes", action="store_true", help="delete (without it, only list what would go)")
         a.set_defaults(func=_cache)
 
+    from . import measure, regions  # `aiod measure`, `aiod count` (docs/measure.md)
+    measure.add_parser(sub), regions.add_parser(sub)
+
     s = sub.add_parser("demo-data", help="write the built-in demo images, ground truth and samplesheet")
     s.add_argument("outdir")
     s.set_defaults(func=_demo_data)
+
+    s = sub.add_parser("score", help="score masks against their ground truth, one JSON per image (the pipeline's EVALUATE)")
+    s.add_argument("--items", required=True, help="TSV: model label, id, ground truth, the result's record")
+    s.add_argument("--out", required=True, help="folder: <k>.json for row k")
+    s.set_defaults(func=_score)
+
+    s = sub.add_parser("compare", help="one table of a run's models (docs/compare.md), its scores and the HTML report")
+    s.add_argument("--results", help="a published outdir: compare every result published there, and write into it")
+    s.add_argument("--samplesheet", help="the run's samplesheet: images with ground_truth are scored")
+    s.add_argument("--rank-by", default="f1", help="f1 (at IoU 0.5), ap_50_95, panoptic_quality or dice")
+    s.add_argument("--records", nargs="*", default=[], help="(pipeline) the run's records")
+    s.add_argument("--scores", nargs="*", default=[], help="(pipeline) EVALUATE's scores")
+    s.add_argument("--outdir", help="(pipeline) where the tables and the report go")
+    s.add_argument("--run-info", help="JSON: the command, Nextflow and pipeline versions, for the report")
+    s.add_argument("--text", help="also write the table printed to this file")
+    s.set_defaults(func=_compare)
 
     s = sub.add_parser("evaluate", help="score published masks against the samplesheet's ground truth")
     s.add_argument("--results", required=True)
     s.add_argument("--samplesheet", required=True)
     s.set_defaults(func=_evaluate)
+
+    report.add_parser(sub)
     return p
 
 

@@ -20,13 +20,15 @@ MAP_FILE = PACKAGE / "step_sources.json"
 
 # process -> entry modules (package-relative) of the step it runs; cli.py is every step's door
 STEPS: dict[str, list[str]] = {
-    "RESOLVE_MODEL": ["models/__init__.py"],
+    "RESOLVE_MODEL": ["models/__init__.py", "model_list.py"],
     "FETCH_ARTIFACTS": ["artifacts.py"],
     "CHECK_INPUT": ["samplesheet.py", "publish.py"],
     "PLAN": ["steps/plan.py", "models/*.py"],
     "SEGMENT": ["steps/segment.py", "models/*.py"],
     "MERGE": ["steps/merge.py"],
     "FINALIZE": ["steps/finalize.py"],
+    "EVALUATE": ["evaluate.py"],
+    "COMPARE": ["compare.py", "report.py"],
 }
 # Every step's door: the command line (its imports are per subcommand, inside functions, so it
 # is listed as a file but not followed) and what it imports at module level.

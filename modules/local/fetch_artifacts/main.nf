@@ -1,22 +1,24 @@
 process FETCH_ARTIFACTS {
-    tag "${model.baseName}"
+    tag "${model.label}"
     label 'cpu_small'
+    conda "${projectDir}/envs/${model.family}.yml"
 
     input:
-    path model       // model.json from RESOLVE_MODEL, with the artifact's locations
-    val code         // digest of the Python files this step runs: a change reruns the task
+    tuple val(model), path(spec)   // model: [index, label, subdir, family]; spec: its model.json from RESOLVE_MODEL, with the artifact's locations
+    val code                       // digest of the Python files this step runs: a change reruns the task
 
     output:
-    path 'model_fetched.json', emit: model
+    tuple val(model), path('model_fetched.json'), emit: model
 
     script:
     def args = task.ext.args ?: ''
     """
-    aiod fetch --model ${model} --out model_fetched.json ${args}
+    export AIOD_FAMILY=${model.family}
+    aiod fetch --model ${spec} --out model_fetched.json ${args}
     """
 
     stub:
     """
-    cp ${model} model_fetched.json
+    cp ${spec} model_fetched.json
     """
 }

@@ -1,14 +1,16 @@
 process FINALIZE {
-    tag "${ids.size() == 1 ? ids[0] : "${ids[0]}..${ids[-1]} (${ids.size()} images)"}"
+    tag "${model.subdir ? model.label + ': ' : ''}${ids.size() == 1 ? ids[0] : "${ids[0]}..${ids[-1]} (${ids.size()} images)"}"
     label 'cpu_small'
+    conda "${projectDir}/envs/classical.yml"
 
     input:
     // ids[k] is published from jobs[k] and results[k]; results are absent ([]) for cache hits
-    tuple val(ids), path(jobs, stageAs: 'jobs/?/*'), path(results, stageAs: 'results/?/*')
+    // model: [index, label, subdir (where it publishes, under --outdir), family]
+    tuple val(model), val(ids), path(jobs, stageAs: 'jobs/?/*'), path(results, stageAs: 'results/?/*')
     val code                                   // digest of the Python files this step runs: a change reruns the task
 
     output:
-    tuple val(ids), path('records/*.json'), emit: records   // each image's record, as published (ext.args --outdir)
+    tuple val(model), val(ids), path('records/*.json'), emit: records   // each image's record, as published (ext.args --outdir)
 
     script:
     def args = task.ext.args ?: ''

@@ -1,13 +1,14 @@
 process MERGE {
-    tag "${meta.id}"
+    tag "${model.subdir ? model.label + ': ' : ''}${meta.id}"
     label 'cpu_large'
+    conda "${projectDir}/envs/classical.yml"
 
     input:
-    tuple val(meta), path(job), path(substacks, stageAs: 'substacks/?/*')   // each SEGMENT task names its outputs 0, 1, ...
+    tuple val(model), val(meta), path(job), path(substacks, stageAs: 'substacks/?/*')   // each SEGMENT task names its outputs 0, 1, ...
     val code          // digest of the Python files this step runs: a change reruns the task
 
     output:
-    tuple val(meta), path(job), path('result'), emit: result
+    tuple val(model), val(meta), path(job), path('result'), emit: result
 
     script:
     def args = task.ext.args ?: ''

@@ -1,14 +1,15 @@
 process PLAN {
-    tag "${metas.size() == 1 ? metas[0].id : "${metas[0].id}..${metas[-1].id} (${metas.size()} images)"}"
+    tag "${model.subdir ? model.label + ': ' : ''}${metas.size() == 1 ? metas[0].id : "${metas[0].id}..${metas[-1].id} (${metas.size()} images)"}"
     label 'cpu_small'
+    conda "${projectDir}/envs/${model.family}.yml"
 
     input:
-    tuple val(batch), val(metas), path(images, stageAs: 'images/?/*')   // a batch of images (aiod.batches)
-    path model
+    // model: [index, label, subdir, family]; spec: its resolved (and fetched) model.json; a batch of images (aiod.batches)
+    tuple val(model), val(batch), val(metas), path(images, stageAs: 'images/?/*'), path(spec)
     val code          // digest of the Python files this step runs: a change reruns the task
 
     output:
-    tuple val(metas), path('jobs/*.json'), path('batches.json'), emit: plan
+    tuple val(model), val(metas), path('jobs/*.json'), path('batches.json'), emit: plan
 
     script:
     def args = task.ext.args ?: ''
@@ -19,7 +20,8 @@ process PLAN {
 ${rows.join('\n')}
 AIOD_ROWS
     rm -rf jobs batches.json    # a folder -resume reuses may hold a killed attempt's part
-    aiod plan --rows rows.tsv --out-dir jobs --name p${batch} --model ${model} ${args}
+    export AIOD_FAMILY=${model.family}
+    aiod plan --rows rows.tsv --out-dir jobs --name p${batch} --model ${spec} ${args}
     """
 
     stub:

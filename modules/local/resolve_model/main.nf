@@ -1,31 +1,36 @@
 process RESOLVE_MODEL {
-    tag "${model}/${version ?: 'default'}"
+    tag "${request.models ? 'models' : "${request.model}/${request.version ?: 'default'}"}"
     label 'cpu_small'
+    conda "${projectDir}/envs/classical.yml"
 
     input:
-    tuple val(model), val(version), val(task_name), path(overrides), val(overrides_source)  // version/task '': the manifest's first; overrides: a YAML/JSON file or [], and its original path
+    // request: [model, version, task, models, source] ('' = not given; version/task '': the
+    // manifest's first); file: the --model_params or --models file, or [], whose original path is source
+    tuple val(request), path(file)
     val registry     // digest of the registry manifests: an edited manifest reruns the task
     val code         // digest of the Python files this step runs: a change reruns the task
 
     output:
-    tuple path('model.json'), env(N_LOCATIONS), emit: model
+    path 'models/*.json', emit: models       // models/<k>.json: the k-th model's resolved spec, its label and subdir
 
     script:
     def args = task.ext.args ?: ''
-    def with_version = version ? "--version '${version}'" : ''
-    def with_task = task_name ? "--task '${task_name}'" : ''
-    def with_overrides = overrides ? "--params ${overrides} --params-source '${overrides_source}'" : ''
+    def request_args = request.models
+        ? "--models '${file ?: request.models.replace("'", "'\\''")}'" + (file ? " --models-source '${request.source}'" : '')
+        : "--model '${request.model}'" + (request.version ? " --version '${request.version}'" : '') + (request.task ? " --task '${request.task}'" : '') +
+          (file ? " --params ${file} --params-source '${request.source}'" : '')
     """
-    aiod resolve-model --model '${model}' ${with_version} ${with_task} ${with_overrides} --out model.json ${args}
-    read -r N_LOCATIONS < model.status
+    rm -rf models
+    aiod resolve-model ${request_args} --out-dir models ${args}
     """
 
     stub:  // the real check (it reads no image and downloads nothing); no artifact is fetched
     def args = task.ext.args ?: ''
-    def with_version = version ? "--version '${version}'" : ''
-    def with_task = task_name ? "--task '${task_name}'" : ''
+    def request_args = request.models
+        ? "--models '${file ?: request.models.replace("'", "'\\''")}'" + (file ? " --models-source '${request.source}'" : '')
+        : "--model '${request.model}'" + (request.version ? " --version '${request.version}'" : '') + (request.task ? " --task '${request.task}'" : '')
     """
-    aiod resolve-model --model '${model}' ${with_version} ${with_task} --out model.json ${args}
-    N_LOCATIONS=0
+    rm -rf models
+    aiod resolve-model ${request_args} --out-dir models ${args}
     """
 }

@@ -1,14 +1,15 @@
 process SEGMENT {
-    tag "${batch.items.size() == 1 ? "${batch.items[0].id}:${batch.items[0].substack + 1}/${batch.items[0].n}" : "${batch.name}: ${batch.items.size()} substacks"}"
+    tag "${model.subdir ? model.label + ': ' : ''}${batch.items.size() == 1 ? "${batch.items[0].id}:${batch.items[0].substack + 1}/${batch.items[0].n}" : "${batch.name}: ${batch.items.size()} substacks"}"
     label 'gpu'
+    conda "${projectDir}/envs/${model.family}.yml"
 
     input:
-    // batch: [name, memory (bytes, planned), items: [[id, substack, n, job (index into jobs)]]]
-    tuple val(batch), path(jobs, stageAs: 'jobs/?/*'), path(images, stageAs: 'images/?/*')
+    // model: [index, label, subdir, family]; batch: [name, memory (bytes, planned), items: [[id, substack, n, job (index into jobs)]]]
+    tuple val(model), val(batch), path(jobs, stageAs: 'jobs/?/*'), path(images, stageAs: 'images/?/*')
     val code          // digest of the Python files this step runs: a change reruns the task
 
     output:
-    tuple val(batch), path('out/*'), emit: labels   // out/<k>: item k's substack labels, or its result when n == 1
+    tuple val(model), val(batch), path('out/*'), emit: labels   // out/<k>: item k's substack labels, or its result when n == 1
 
     script:
     def args = task.ext.args ?: ''
@@ -21,6 +22,7 @@ process SEGMENT {
     cat > items.tsv <<'AIOD_ITEMS'
 ${rows.join('\n')}
 AIOD_ITEMS
+    export AIOD_FAMILY=${model.family}
     aiod segment --items items.tsv ${args}
     """
 

@@ -50,6 +50,17 @@ def torch_device(family: str):
     return device
 
 
+def device_in_use() -> str:
+    """What this task segmented on, from the libraries it loaded: 'GPU <name>' or 'CPU'."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return f"GPU {torch.cuda.get_device_name(0)}"
+    tf = sys.modules.get("tensorflow")
+    if tf is not None and tf.config.list_logical_devices("GPU"):
+        return "GPU"
+    return "CPU"
+
+
 def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether the CPU computes bfloat16 natively (the avx512_bf16 or amx_bf16 flag; False where
     the flags cannot be read)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import __version__, claims, ngff, publish
 from ..cache import Cache
 from ..errors import AiodError
-from . import log
+from . import label_name, log
 
 
 def finalize_batch(items: list[tuple[str, Path, Path | None]], **common) -> list[dict]:
@@ -44,7 +44,8 @@ def finalize(*, job_json: Path, result: Path | None, sample_id: str, root_dir: P
         link.unlink()
     os.symlink(labels, link)
     record = {
-        "id": sample_id, "image": job["image"]["path"], "model": job["model"], "key": key,
+        "id": sample_id, "image": job["image"]["path"], "model": job["model"], "model_label": job.get("label") or label_name(job),
+        "key": key,
         "cache_hit": result is None, "cache_entry": str(entry), "n_objects": manifest["n_objects"],
         "labels": manifest["labels"], "aiod_version": __version__,
     }

@@ -10,6 +10,9 @@ from .. import RESULT_FORMAT_VERSION, __version__, claims, merge, ngff, planner,
 from ..errors import AiodError
 from . import JOB_FORMAT, MERGE_SETTINGS, label_name, log
 
+# what the result's manifest keeps of each substack's SEGMENT (timings.substacks)
+SUBSTACK_RECORD = ("read_seconds", "segment_seconds", "peak_memory_bytes", "device", "python")
+
 
 def load_job(path: Path) -> dict:
     """A job file written by `plan`, or a bare substack plan (aiod-plan/1, docs/merge.md) seen
@@ -54,7 +57,7 @@ def write_result(job: dict, substacks: list[Path], out: Path) -> dict:
     timings = {}
     for path in substacks:
         index, arr = substack_labels.open_substack_labels(path)
-        timings[str(index)] = {k: arr.attrs.get(k) for k in ("read_seconds", "segment_seconds")}
+        timings[str(index)] = {k: arr.attrs.get(k) for k in SUBSTACK_RECORD}
     manifest = {
         "format": "aiod-result/1", "result_format": RESULT_FORMAT_VERSION, "aiod_version": __version__,
         "key": job["key"], "id": job["id"], "image": job["image"], "model": job["model"],

@@ -32,6 +32,10 @@ def plan(*, image_path: Path, sample_id: str, axes: str | None, channel: int | N
     check_mode(fingerprint_mode)
     cache = Cache(root_dir)
     model = json.loads(Path(model_json).read_text())
+    # what names the model in this run (aiod.model_list) is not what it is: kept out of the result
+    label = model.pop("label", None) or f"{model['family']}_{model['version']}"
+    for run_only in ("index", "subdir", "entry"):
+        model.pop(run_only, None)
     adapter, params = get_adapter(model["adapter"]), params_namespace(model)
     artifact = model.get("artifact") or {}
     # the resolved path: a task sees a staged link, messages name the user's file
@@ -71,7 +75,7 @@ def plan(*, image_path: Path, sample_id: str, axes: str | None, channel: int | N
                 claims.release(claim_file, claim["token"])
                 claim = None
         job = {
-            "format": JOB_FORMAT, "id": sample_id, "key": key,
+            "format": JOB_FORMAT, "id": sample_id, "key": key, "label": label,
             "image": {**identity, "path": str(Path(image_path).resolve()), "declared_axes": axes,
                       "scale": list(image.scale) if image.scale else None},
             "model": model, "plan": the_plan.to_dict(), "merge": MERGE_SETTINGS,

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
 import shutil
+import sys
 import time
 from pathlib import Path
 
 from .. import claims, diskspace, imageio, planner, substack_labels
 from ..models import get_adapter, params_namespace
-from ..models.runtime import keep_libraries_out_of_home
+from ..models.runtime import device_in_use, keep_libraries_out_of_home
 from . import artifact_path, log
 from .merge import write_result
 
@@ -68,7 +70,10 @@ def _segment(job: dict, image_path: Path, index: int, out: Path, net, load_s: fl
     target = out.with_name(f".{out.name}.substack") if alone else out
     diskspace.expect(target, labels.nbytes)  # at most: the labels before compression
     n_objects = substack_labels.write_substack_labels(
-        target, labels, index, attrs={"load_seconds": load_s, "read_seconds": read_s, "segment_seconds": seg_s},
+        target, labels, index, attrs={"load_seconds": load_s, "read_seconds": read_s, "segment_seconds": seg_s,
+                                      # the task's peak so far (Linux counts KiB), where it ran, in which environment
+                                      "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                                      "device": device_in_use(), "python": sys.prefix},
         plan=the_plan)
     del labels
     log(f"{job['id']} substack {index}: {n_objects} objects, read {read_s:.1f} s, segment {seg_s:.1f} s")
