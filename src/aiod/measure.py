@@ -1,0 +1,393 @@
+"""Per-object statistics of a label image, accumulated block by block (docs/measure.md).
+
+`ObjectStats` is fed blocks of a label image (and, optionally, the same box of the intensity
+image) in any order and from any number of threads, and `finish()` gives one row per object:
+voxels, physical size, centroid (voxel and physical), bounding box and mean/min/max intensity
+per channel. Objects that span blocks are combined exactly: every statistic is a sum, a
+minimum or a maximum, so the blocks' partial rows add up to the whole-image ones.
+
+Per block, each row of voxels (along the last axis) is cut into runs of one label; a run's
+voxel count, coordinate sums and first/last voxel follow from its start and length, and its
+intensity sum/min/max come from `np.*.reduceat` over the run starts: every voxel is touched a
+few times in C loops, never sorted. The runs are then summed per label (a sort of the runs,
+not of the voxels) into a block table keyed by global id.
+
+The block tables are combined into per-object arrays indexed by id (grown as larger ids
+appear) while ids stay dense, as AIoD's masks are (1..N): 8 * (1 + 3 * ndim + 3 * channels)
+bytes per object. Sparse ids (a mask from elsewhere, ids up to 2**64 - 1) switch to sorted
+tables merged in pairs of like size (`_push`), as the evaluation's contingency is: the same
+result, up to about three times the memory while two tables merge.
+
+Feeding it from a step that already walks the mask (MERGE writes every output chunk once):
+
+    stats = ObjectStats("ZYX", shape=shape, scale=scale, n_channels=image.n_channels,
+                        n_objects=n_objects)              # ids 1..n: arrays allocated once
+    # for each output chunk, from any worker thread, after writing `block` at `piece`:
+    stats.add(block, image.read(piece), offset=tuple(s.start for s in piece))
+    write_tables(stats.finish(), out / "objects")         # objects.parquet, objects.csv
+
+Every voxel must be given exactly once (blocks must not overlap); `add` is thread-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+FORMAT = "aiod-objects/1"
+DENSE_SLACK = 1 << 18  # ids may run this far ahead of the objects seen and stay dense
+GROWTH = 1.5  # dense arrays grow by this factor (or to the largest id seen)
+WRITE_ROWS = 1 << 18  # rows converted to Arrow at a time by write_tables
+# statistic -> how two partial values combine (and the value of "nothing seen yet")
+FIELDS = {"count": (np.add, 0), "csum": (np.add, 0.0), "lo": (np.minimum, np.iinfo(np.int64).max),
+          "hi": (np.maximum, -1), "isum": (np.add, 0.0), "imin": (np.minimum, np.inf), "imax": (np.maximum, -np.inf)}
+
+
+@dataclass
+class Table:
+    """A table as named, equal-length numpy columns (masked arrays for nullable ones), plus
+    metadata written into the Parquet file (`meta["format"]` says which table it is)."""
+
+    columns: dict
+    meta: dict
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+
+def _empty(ndim: int, n_channels: int, n: int = 0) -> dict:
+    shapes = {"count": (), "csum": (ndim,), "lo": (ndim,), "hi": (ndim,),
+              "isum": (n_channels,), "imin": (n_channels,), "imax": (n_channels,)}
+    types = {"count": np.int64, "lo": np.int64, "hi": np.int64}
+    return {k: np.full((n, *shapes[k]), FIELDS[k][1], dtype=types.get(k, np.float64)) for k in FIELDS}
+
+
+def _reduce(ids: np.ndarray, cols: dict) -> tuple[np.ndarray, dict]:
+    """Rows with equal ids combined (FIELDS), sorted by id."""
+    if ids.size == 0:
+        return ids, cols
+    if np.any(ids[1:] < ids[:-1]):
+        order = np.argsort(ids, kind="stable")
+        ids, cols = ids[order], {k: v[order] for k, v in cols.items()}
+    starts = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))
+    if len(starts) == len(ids):
+        return ids, cols
+    return ids[starts], {k: FIELDS[k][0].reduceat(v, starts, axis=0) for k, v in cols.items()}
+
+
+def block_table(labels: np.ndarray, image: np.ndarray | None = None, offset=None):
+    """(sorted ids, partial statistics) of one block; `offset`: its first voxel's index in the
+    whole image. `image`: same shape, or (channels, *labels.shape) as ImageSource.read gives."""
+    lab = np.ascontiguousarray(labels)
+    ndim, flat = lab.ndim, lab.reshape(-1)
+    offset = np.zeros(ndim, np.int64) if offset is None else np.asarray(offset, dtype=np.int64)
+    channels = [] if image is None else list(image[None] if image.ndim == ndim else image)
+    if flat.size == 0:
+        return flat[:0], _empty(ndim, len(channels))
+    width = lab.shape[-1]
+    change = np.empty(flat.size, dtype=bool)
+    change[0] = True
+    np.not_equal(flat[1:], flat[:-1], out=change[1:])
+    change[::width] = True  # runs stop at the end of each row
+    starts = np.flatnonzero(change)
+    ids = flat[starts]
+    keep = ids != 0
+    inten = [(np.add.reduceat(c, starts, dtype=np.float64), np.minimum.reduceat(c, starts),
+              np.maximum.reduceat(c, starts)) for c in (np.ascontiguousarray(c).reshape(-1) for c in channels)]
+    length = np.diff(starts, append=flat.size)[keep]
+    starts, ids = starts[keep], ids[keep]
+    first = np.stack([*np.unravel_index(starts // width, lab.shape[:-1]), starts % width], 1) + offset
+    last = first.copy()
+    last[:, -1] += length - 1
+    csum = first * length[:, None].astype(np.float64)
+    csum[:, -1] += length * (length - 1) / 2.0
+    cols = {"count": length.astype(np.int64), "csum": csum, "lo": first, "hi": last,
+            "isum": np.stack([s[keep] for s, _, _ in inten], 1) if inten else np.zeros((len(ids), 0)),
+            "imin": np.stack([m[keep] for _, m, _ in inten], 1).astype(np.float64) if inten else np.zeros((len(ids), 0)),
+            "imax": np.stack([m[keep] for _, _, m in inten], 1).astype(np.float64) if inten else np.zeros((len(ids), 0))}
+    return _reduce(ids, cols)
+
+
+class ObjectStats:
+    """Per-object statistics of a label image, fed block by block (module docstring).
+
+    axes: the spatial axes ("YX" or "ZYX"); shape: the whole image's (kept in the table's
+    metadata); scale: physical voxel size per axis (µm; None: unknown, physical columns in
+    voxel units); n_channels: intensity channels of the image blocks (0: labels only);
+    n_objects: ids are 1..n_objects (allocates once; optional); source: named in errors."""
+
+    def __init__(self, axes: str = "ZYX", *, shape=None, scale=None, n_channels: int = 0,
+                 n_objects: int | None = None, source: str = "labels"):
+        self.axes = axes.upper()
+        self.ndim = len(self.axes)
+        self.shape = None if shape is None else [int(n) for n in shape]
+        self.scale = None if scale is None else [float(s) for s in scale]
+        if self.scale is not None and len(self.scale) != self.ndim:
+            raise InputError(f"{source}: scale {self.scale} needs one value per axis of {self.axes}")
+        self.n_channels = int(n_channels)
+        self.source = source
+        self.meta: dict = {}  # extra metadata for the table (paths of the mask and image)
+        self._lock = threading.Lock()
+        self._dense: dict | None = _empty(self.ndim, self.n_channels, (n_objects or 0) + 1)
+        self._present = 0  # objects seen (dense mode)
+        self._parts: list[tuple[np.ndarray, dict]] = []  # sorted tables (sparse mode)
+        self._id_dtype = np.dtype(np.int64)
+
+    def add(self, labels: np.ndarray, image: np.ndarray | None = None, offset=None) -> None:
+        """Add one block: `labels` (the block), `image` (the same box: shape of `labels`, or
+        (n_channels, *shape) as ImageSource.read gives), `offset` (index of its first voxel)."""
+        labels = np.asarray(labels)
+        if labels.ndim != self.ndim:
+            raise InputError(f"{self.source}: a block of {labels.ndim} dimensions; the labels have axes {self.axes}")
+        if labels.dtype.kind not in "ui":
+            raise InputError(f"{self.source}: labels are {labels.dtype}; expected an integer label image")
+        if image is not None:
+            image = np.asarray(image)
+            want = (labels.shape if self.n_channels == 1 and image.ndim == labels.ndim
+                    else (self.n_channels, *labels.shape))
+            if image.shape != want:
+                raise InputError(f"{self.source}: image block of shape {image.shape} for labels of shape "
+                                 f"{labels.shape} ({self.n_channels} channel(s)); expected {want}")
+        elif self.n_channels:
+            raise InputError(f"{self.source}: no image block, but the table has {self.n_channels} channel(s)")
+        ids, cols = block_table(labels, image, offset)
+        if labels.dtype.kind == "i" and ids.size and ids[0] < 0:
+            where = "" if offset is None else f" in the block at {tuple(int(o) for o in offset)}"
+            raise InputError(f"{self.source}: negative label {int(ids[0])}{where}; labels must be >= 0")
+        with self._lock:
+            if labels.dtype == np.uint64:
+                self._id_dtype = np.dtype(np.uint64)
+            self._combine(ids, cols)
+
+    def _combine(self, ids: np.ndarray, cols: dict) -> None:
+        dense = self._dense
+        if dense is not None and ids.size:
+            capacity = len(dense["count"])
+            top = int(ids[-1])
+            if top >= capacity:
+                if top > GROWTH * 2 * (self._present + len(ids)) + DENSE_SLACK:
+                    self._to_sparse()
+                else:
+                    self._grow(max(top + 1, int(capacity * GROWTH)))
+        if self._dense is None:
+            self._push(ids, cols)
+            return
+        index = ids.astype(np.intp)
+        self._present += int(np.count_nonzero(self._dense["count"][index] == 0))
+        for name, value in cols.items():
+            target = self._dense[name]
+            target[index] = FIELDS[name][0](target[index], value)
+
+    def _grow(self, capacity: int) -> None:
+        for name, arr in self._dense.items():
+            grown = np.empty((capacity, *arr.shape[1:]), dtype=arr.dtype)
+            grown[: len(arr)] = arr
+            grown[len(arr):] = FIELDS[name][1]
+            self._dense[name] = grown
+
+    def _to_sparse(self) -> None:
+        ids, cols = self._compact()
+        self._dense = None
+        self._push(ids, cols)
+
+    def _compact(self) -> tuple[np.ndarray, dict]:
+        """The dense arrays as a table of the ids seen (views when every id 1..n was)."""
+        dense = self._dense
+        count = dense["count"]
+        if count.size > 1 and count[0] == 0 and np.all(count[1:] > 0):
+            return np.arange(1, count.size, dtype=np.int64), {k: v[1:] for k, v in dense.items()}
+        ids = np.flatnonzero(count)
+        cols = {}
+        for name in list(dense):  # one column at a time: the dense copy goes as the compact comes
+            cols[name] = dense[name][ids]
+            dense[name] = dense[name][:0]
+        return ids.astype(np.int64), cols
+
+    def _push(self, ids: np.ndarray, cols: dict) -> None:
+        """Add a sorted table; merge the last two while the older is at most twice the newer:
+        O(log) tables, each row merged O(log) times."""
+        self._parts.append((ids, cols))
+        while len(self._parts) > 1 and len(self._parts[-2][0]) <= 2 * len(self._parts[-1][0]):
+            (ia, ca), (ib, cb) = self._parts.pop(-2), self._parts.pop()
+            self._parts.append(_reduce(np.concatenate([ia, ib]), {k: np.concatenate([ca[k], cb[k]]) for k in ca}))
+
+    def finish(self) -> Table:
+        """The object table: one row per object, by id (docs/measure.md lists the columns).
+        The accumulated arrays are reused for the columns; the object is spent after this."""
+        with self._lock:
+            if self._dense is not None:
+                ids, cols = self._compact()
+            else:
+                while len(self._parts) > 1:
+                    (ia, ca), (ib, cb) = self._parts.pop(-2), self._parts.pop()
+                    self._parts.append(_reduce(np.concatenate([ia, ib]), {k: np.concatenate([ca[k], cb[k]]) for k in ca}))
+                ids, cols = self._parts[0] if self._parts else (np.zeros(0, np.int64), _empty(self.ndim, self.n_channels))
+            self._dense, self._parts = None, []
+        return _table(ids.astype(self._id_dtype), cols, self)
+
+
+def _table(ids, cols, stats: ObjectStats) -> Table:
+    axes = [a.lower() for a in stats.axes]
+    scale = np.asarray(stats.scale if stats.scale is not None else [1.0] * stats.ndim)
+    count = cols["count"]
+    out = {"id": ids, "voxels": count, size_column(stats.ndim): count * float(np.prod(scale))}
+    centroid = cols["csum"]
+    centroid /= np.maximum(count, 1)[:, None]
+    out.update({f"centroid_{a}": centroid[:, k] for k, a in enumerate(axes)})
+    out.update({f"centroid_{a}_um": centroid[:, k] * scale[k] for k, a in enumerate(axes)})
+    cols["hi"] += 1  # a slice stop, as skimage's bbox
+    for k, a in enumerate(axes):
+        out[f"bbox_min_{a}"], out[f"bbox_max_{a}"] = cols["lo"][:, k], cols["hi"][:, k]
+    mean = cols["isum"]
+    mean /= np.maximum(count, 1)[:, None]
+    for c in range(stats.n_channels):
+        out.update({f"mean_intensity_c{c}": mean[:, c], f"min_intensity_c{c}": cols["imin"][:, c],
+                    f"max_intensity_c{c}": cols["imax"][:, c]})
+    meta = {"format": FORMAT, "axes": stats.axes, "shape": stats.shape, "scale": stats.scale,
+            "n_channels": stats.n_channels, **stats.meta}
+    return Table(out, meta)
+
+
+def size_column(ndim: int) -> str:
+    """The object table's physical size column: volume in 3D, area in 2D."""
+    return "area_um2" if ndim == 2 else "volume_um3"
+
+
+def _open_mask(path: Path, name: str | None):
+    """(ImageSource of the labels, chunk shape or None): an OME-Zarr's label image (`name`, or
+    the first listed), else any integer image that imageio opens (a TIFF, a zarr array)."""
+    from . import imageio, ngff
+
+    if (path / "labels").is_dir() or name is not None:
+        level0 = ngff.open_labels(path, name)
+        return imageio.open_image(Path(level0.store.root)), level0.chunks
+    return imageio.open_image(path), None
+
+
+def measure_result(mask, image=None, *, label_name: str | None = None, image_axes: str | None = None,
+                   block_voxels: int | None = None, workers: int | None = None) -> Table:
+    """The object table of a mask (an OME-Zarr result, or a label TIFF/zarr), read one block
+    (one chunk, or `block_voxels`) at a time by `workers` threads; with `image`, the intensity
+    columns of each of its channels (same spatial shape as the mask)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .imageio import open_image
+    from .substack_labels import SLAB_VOXELS, pieces
+
+    mask = Path(mask)
+    if not mask.exists():
+        raise InputError(f"{mask}: file not found")
+    labels, chunks = _open_mask(mask, label_name)
+    img = None
+    try:
+        if labels.dtype.kind not in "ui" or labels.n_channels != 1:
+            raise InputError(f"{mask}: not a label image ({labels.dtype}, axes {labels.axes}); "
+                             "expected one integer channel")
+        if image is not None:
+            img = open_image(Path(image), image_axes)
+            if img.spatial_axes != labels.spatial_axes or img.spatial_shape != labels.spatial_shape:
+                raise InputError(f"{image}: spatial axes {img.spatial_axes} of shape {img.spatial_shape} differ "
+                                 f"from the mask's ({labels.spatial_axes}, {labels.spatial_shape})")
+        stats = ObjectStats(labels.spatial_axes, shape=labels.spatial_shape, scale=labels.scale,
+                            n_channels=img.n_channels if img else 0, source=str(mask))
+        stats.meta.update(mask=str(mask), image=str(image) if image is not None else None)
+        whole = tuple((0, n) for n in labels.spatial_shape)
+        boxes = pieces(whole, chunks, (0,) * len(whole), block_voxels or SLAB_VOXELS)
+
+        def one(box):
+            stats.add(labels.read(box), img.read(box) if img else None, offset=tuple(s.start for s in box))
+
+        with ThreadPoolExecutor(workers or min(2, os.cpu_count() or 1)) as pool:
+            for _ in pool.map(one, boxes):
+                pass
+    finally:
+        labels.close()
+        if img is not None:
+            img.close()
+    return stats.finish()
+
+
+def _arrow(col):
+    import pyarrow as pa
+
+    if isinstance(col, np.ma.MaskedArray):
+        return pa.array(np.ma.getdata(col), mask=np.ma.getmaskarray(col))
+    if col.dtype == object:
+        return pa.array(list(col), type=pa.string())
+    return pa.array(np.ascontiguousarray(col), from_pandas=col.dtype.kind == "f")  # NaN -> null
+
+
+def write_tables(table: Table, out_prefix, inputs=()) -> tuple[Path, Path]:
+    """Write `<out_prefix>.parquet` (with `table.meta` as its "aiod" metadata) and
+    `<out_prefix>.csv`, a slice of rows at a time; each under a temporary name, renamed when
+    both are complete. A path that is, or lies in, one of `inputs` is refused."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    prefix = Path(out_prefix)
+    if prefix.suffix in (".parquet", ".csv"):
+        prefix = prefix.with_suffix("")
+    paths = [prefix.with_name(prefix.name + ext) for ext in (".parquet", ".csv")]
+    for path in paths:
+        for source in (Path(i).resolve() for i in inputs if i is not None):
+            if path.resolve() == source or path.resolve().is_relative_to(source):
+                raise InputError(f"{path}: would overwrite the input {source}; choose another --out")
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    temps = [p.with_name(f".{p.name}.partial-{os.getpid()}") for p in paths]
+    names = list(table.columns)
+    n = len(table)
+    first = pa.record_batch([_arrow(table.columns[k][:1]) for k in names], names=names)
+    schema = first.schema.with_metadata({"aiod": json.dumps(table.meta)})
+    try:
+        with pq.ParquetWriter(temps[0], schema) as parquet, pacsv.CSVWriter(temps[1], schema) as csv:
+            for start in range(0, n, WRITE_ROWS) if n else [0]:
+                rows = slice(start, start + WRITE_ROWS)
+                batch = pa.record_batch([_arrow(table.columns[k][rows]) for k in names], schema=schema)
+                parquet.write_batch(batch)
+                csv.write_batch(batch)
+        for tmp, path in zip(temps, paths):
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+    return paths[0], paths[1]
+
+
+def read_table(path) -> Table:
+    """A table written by write_tables, back from its Parquet file (numpy columns)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        data = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for files that are not Parquet
+        raise InputError(f"{path}: cannot be read as Parquet ({type(e).__name__}: {e})".splitlines()[0]) from None
+    meta = json.loads((data.schema.metadata or {}).get(b"aiod", b"{}"))
+    return Table({k: data.column(k).to_numpy(zero_copy_only=False) for k in data.column_names}, meta)
+
+
+def _cli(a) -> None:
+    table = measure_result(Path(a.mask), a.image, label_name=a.label, image_axes=a.image_axes)
+    parquet, csv = write_tables(table, a.out, inputs=(a.mask, a.image))
+    print(f"[aiod] {a.mask}: {len(table)} objects -> {parquet}, {csv}")
+
+
+def add_parser(sub) -> None:
+    """`aiod measure` (registered by cli.parser)."""
+    s = sub.add_parser("measure", help="per-object table of a mask: size, centroid, bounding box, intensity (docs/measure.md)")
+    s.add_argument("--mask", required=True, help="an OME-Zarr result (<id>.ome.zarr), or a label TIFF or zarr array")
+    s.add_argument("--image", help="the image: adds mean/min/max intensity per channel")
+    s.add_argument("--image-axes", help="the image's stored axes when its metadata lacks them (e.g. CZYX)")
+    s.add_argument("--label", help="which label image of the OME-Zarr (default: the first listed)")
+    s.add_argument("--out", required=True, help="writes OUT.parquet and OUT.csv")
+    s.set_defaults(func=_cli)
