@@ -1,0 +1,167 @@
+"""Everything the report page shows, gathered into one dict for its template (docs/report.md)."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import numpy as np
+
+from . import imageio
+from . import report_data as data
+from . import report_figures as figures
+from .errors import AiodError, InputError
+
+METRIC_NAMES = {"f1": "F1 at IoU 0.5", "ap_50_95": "AP 0.5:0.95", "panoptic_quality": "panoptic quality",
+                "dice": "Dice"}
+SCORE_KEYS = ("n_true", "n_pred", "f1", "ap_50_95", "panoptic_quality", "dice", "split", "fused")
+
+
+def _open(path, axes=None, what="image"):
+    """An ImageSource, or (None, a note) when the file cannot be read."""
+    try:
+        return imageio.open_image(path, axes=axes), None
+    except (AiodError, OSError) as exc:
+        return None, f"{what} {path} cannot be read: {exc}"
+
+
+def _masks(results: list[data.Result], notes: list[str]) -> list[tuple[data.Result, figures.Mask]]:
+    masks = []
+    for r in results:
+        notes += [f"{r.label}: {n}" for n in r.notes]
+        if r.mask is None:
+            continue
+        mask, problem = figures.open_mask(r.mask, (r.record.get("labels") or {}).get("name"))
+        if problem:
+            notes.append(f"{r.label}: {problem}")
+        elif masks and mask.shape != masks[0][1].shape:
+            notes.append(f"{r.label}: mask shape {mask.shape} differs from {masks[0][1].shape}; not shown")
+        else:
+            masks.append((r, mask))
+    return masks
+
+
+def _same_shape(source, shape, what: str, notes: list[str]):
+    if source is not None and tuple(source.spatial_shape) != tuple(shape):
+        notes.append(f"{what} {source.path} has shape {tuple(source.spatial_shape)}, the mask {tuple(shape)}: not drawn")
+        source.close()
+        return None
+    return source
+
+
+def image_section(sample_id: str, results: list[data.Result], truth_path: Path | None, scores: dict) -> dict:
+    """One image: its overlay views (2D: the image; 3D: middle plane and maximum projection),
+    each model's scores on it, and its objects' sizes per model (for the histogram)."""
+    notes: list[str] = []
+    section = {"id": sample_id, "views": [], "notes": notes, "sizes": {}, "voxels": {}, "truth_sizes": None,
+               "scores": [{"label": r.label, **{k: ((scores.get(r.label) or {}).get("images") or {}).get(sample_id, {}).get(k)
+                                                for k in SCORE_KEYS}} for r in results]}
+    section["has_scores"] = any(row["f1"] is not None for row in section["scores"])
+    masks = _masks(results, notes)
+    if not masks:
+        return section
+    shape = masks[0][1].shape
+    s = figures.stride_for(shape[-2:])
+    level = {r.label: m.level_for(s) for r, m in masks}
+    info = results[0].image
+    image, problem = _open(info["path"], info.get("declared_axes")) if info.get("path") else (None, "image path unknown")
+    notes += [problem] if problem else []
+    image = _same_shape(image, shape, "image", notes)
+    truth, problem = _open(truth_path, what="ground truth") if truth_path else (None, None)
+    notes += [problem] if problem else []
+    truth = _same_shape(truth, shape, "ground truth", notes)
+    channel = info.get("channel")
+    section.update(shape=list(shape), stride=s, levels=level, has_truth=truth is not None)
+    try:
+        if len(shape) == 2:
+            img = image_plane(image, channel, s, None)
+            gt = figures.image_plane(truth, None, s, None) if truth is not None else None
+            section["views"].append(_view("image", img, [(r.label, m.plane(s, None, level[r.label])) for r, m in masks], gt))
+        else:
+            fz = max(m.factors[level[r.label]][0] for r, m in masks)
+            z0 = shape[0] // 2 // fz * fz
+            img = image_plane(image, channel, s, z0)
+            gt = figures.image_plane(truth, None, s, z0) if truth is not None else None
+            section["views"].append(_view(f"middle plane z = {z0}", img,
+                                          [(r.label, m.plane(s, z0, level[r.label])) for r, m in masks], gt))
+            planes = list(range(0, shape[0], fz))
+            if len(planes) > figures.MAX_PLANES:
+                planes = [planes[i] for i in np.linspace(0, len(planes) - 1, figures.MAX_PLANES).round().astype(int)]
+            img = _max(image_plane(image, channel, s, z) for z in planes) if image is not None else None
+            preds = [(r.label, _max(m.plane(s, z, level[r.label]) for z in planes)) for r, m in masks]
+            section["views"].append(_view(f"maximum projection over {len(planes)} planes", img, preds, None))
+        for r, m in masks:
+            counts, voxel = m.counts()
+            section["sizes"][r.label] = figures.diameters(counts, voxel, len(shape))
+            section["voxels"][r.label] = counts * voxel
+        if truth is not None:
+            counts, voxel = figures.truth_counts(truth)
+            section["truth_sizes"] = figures.diameters(counts, voxel, len(shape))
+    finally:
+        for source in (image, truth):
+            if source is not None:
+                source.close()
+    return section
+
+
+def image_plane(image, channel, s, z):
+    return figures.image_plane(image, channel, s, z) if image is not None else None
+
+
+def _max(planes):
+    out = None
+    for p in planes:
+        out = p if out is None else np.maximum(out, p)
+    return out
+
+
+def _view(title: str, img, preds: list[tuple[str, np.ndarray]], truth) -> dict:
+    base = figures.normalise(img, preds[0][1].shape)
+    return {"title": title, "matched": truth is not None,
+            "panels": [{"label": label, **figures.overlay(base, pred, truth)} for label, pred in preds]}
+
+
+def _timing(found: list[data.Result], trace: Path | None) -> dict:
+    if trace is not None:
+        t = data.trace(trace)
+        chart = figures.time_chart(t["processes"], "process", (("seconds", "run time, all tasks"),), "rss")
+        return {"source": "trace", "path": t["path"], "processes": t["processes"], "tasks": t["tasks"], "chart": chart}
+    rows = data.timings(found)
+    for row in rows:
+        row["name"] = f"{row['id']} · {row['label']}"
+    chart = figures.time_chart(rows, "name", (("read", "read"), ("segment", "segment"), ("merge", "merge")),
+                               "peak_bytes" if any(r["peak_bytes"] for r in rows) else None)
+    return {"source": "manifests", "rows": rows, "chart": chart}
+
+
+def context(results: Path, samplesheet: Path | None, run: dict | None, trace: Path | None) -> dict:
+    results = Path(results)
+    if not results.is_dir():
+        raise InputError(f"{results}: no such results folder")
+    found = data.find_results(results)
+    if not found:
+        raise InputError(f"{results}: no AIoD records here (<id>.json or <model>/<id>.json with format "
+                         f"'{data.RECORD_FORMAT}'); run the pipeline with --outdir {results} first")
+    truth = data.ground_truth(samplesheet)
+    scores = data.evaluation(results, sorted({r.label for r in found}))
+    table = data.comparison(results, found, scores)
+    ids = sorted({r.id for r in found})
+    sections = [image_section(i, [r for r in found if r.id == i], truth.get(i), scores) for i in ids]
+    sizes = {label: np.concatenate([s["sizes"][label] for s in sections if label in s["sizes"]])
+             for label in sorted({label for s in sections for label in s["sizes"]})}
+    truth_sizes = [s["truth_sizes"] for s in sections if s["truth_sizes"] is not None]
+    for row in table["rows"]:  # a table made from the records: the mean size from the counts
+        voxels = [s["voxels"][row["label"]] for s in sections if row["label"] in s["voxels"]]
+        if row.get("mean_object_voxels") is None and voxels and sum(map(len, voxels)):
+            row["mean_object_voxels"] = float(np.concatenate(voxels).mean())
+    best = next((row for row in table["rows"] if row.get("best")), None)
+    return {
+        "results": str(results), "generated": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "run": data.run_facts(run, found), "table": table, "best": best,
+        "n_images": len(ids), "n_models": len({r.label for r in found}),
+        "notes": [f"{r.id} · {r.label}: {n}" for r in found for n in r.notes],
+        "images": sections, "inputs": data.inputs(found, truth), "cards": data.model_cards(found, table),
+        "histogram": figures.size_histogram(sizes, np.concatenate(truth_sizes) if truth_sizes else None),
+        "timing": _timing(found, trace), "thumb_target": figures.TARGET, "max_planes": figures.MAX_PLANES,
+        "count_budget": figures.COUNT_BUDGET, "metric_names": METRIC_NAMES,
+    }
