@@ -7,17 +7,22 @@ NEXTFLOW ?= $(shell command -v nextflow 2>/dev/null || echo $(CURDIR)/engine/nex
 export NXF_OFFLINE ?= true
 export NXF_DISABLE_CHECK_LATEST := true
 
-.PHONY: demo test env envs engine clean
+.PHONY: demo test env envs engine browser clean
 
 demo: engine env
 	$(VENV)/bin/python bin/aiod demo-data demo
 	$(NEXTFLOW) run main.nf -profile local,demo -ansi-log false
 	$(VENV)/bin/python bin/aiod evaluate --results results --samplesheet demo/samplesheet.csv
 
-test: engine env $(VENV)/.test-stamp
+test: engine env browser $(VENV)/.test-stamp
 	AIOD_NEXTFLOW=$(NEXTFLOW) $(VENV)/bin/python -m pytest $(PYTEST_ARGS) tests
 
 env: $(VENV)/.stamp
+
+# Headless Chromium, for tests/test_report.py's check that the report page renders offline.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
 engine:
 	@if [ "$(NEXTFLOW)" = "$(CURDIR)/engine/nextflow" ] && ! ls engine/lib/nextflow-*.jar >/dev/null 2>&1; then \
