@@ -12,7 +12,6 @@ export NXF_DISABLE_CHECK_LATEST := true
 demo: engine env
 	$(VENV)/bin/python bin/aiod demo-data demo
 	$(NEXTFLOW) run main.nf -profile local,demo -ansi-log false
-	$(VENV)/bin/python bin/aiod evaluate --results results --samplesheet demo/samplesheet.csv
 
 test: engine env browser $(VENV)/.test-stamp
 	AIOD_NEXTFLOW=$(NEXTFLOW) $(VENV)/bin/python -m pytest $(PYTEST_ARGS) tests

@@ -76,3 +76,14 @@ def test_missing_samplesheet_and_parameter_file_are_named(folder):
     assert f"--model_params {folder / 'nope.yaml'}: file not found" in last_error(out)
     proc = run_pipeline(folder, "--input", str(folder / "absent.csv"), "--root_dir", str(folder / "root"), check=False)
     assert proc.returncode != 0 and f"--input {folder / 'absent.csv'}: file not found" in last_error(proc.stdout + proc.stderr)
+
+
+@pytest.mark.parametrize("models, message", [
+    ("classical, cellpose:nuclei:{diamter: 17}", "--models entry 'cellpose:nuclei': unknown parameter 'diamter' for cellpose/nuclei (did you mean 'diameter'?)"),
+    ("classical, classical:nuclei", "--models: entries 'classical' and 'classical:nuclei' are the same model with the same task and parameters"),
+    ("models.yaml", "--models models.yaml: file not found"),
+])
+def test_bad_models_list_is_refused_naming_the_entry_before_any_image(folder, models, message):
+    out = run_bad(folder, "id,image\na,good.tif\n", "--models", models)
+    assert message in last_error(out)
+    assert not (folder / "results").exists() or list((folder / "results").rglob("*.json")) == []
