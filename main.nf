@@ -265,6 +265,7 @@ def summaryText(List records, String outdir) {
         lines << String.format('  %-20s %-9s %10s  %s', r.id, r.cache_hit ? 'cache' : 'computed', r.n_objects == null ? '-' : r.n_objects, where)
     }
     def computed = records.count { r -> !r.cache_hit }
-    lines << "  ${records.size()} image(s): ${computed} computed, ${records.size() - computed} from the cache"
+    def what = several ? "${records.size()} result(s) of ${records*.id.unique().size()} image(s) x ${records*.model_label.unique().size()} models" : "${records.size()} image(s)"
+    lines << "  ${what}: ${computed} computed, ${records.size() - computed} from the cache"
     return lines.join('\n')
 }

@@ -237,7 +237,7 @@ def _compare(a):
     written = compare.write(out_dir, comparison)
     run = json.loads(Path(a.run_info).read_text()) if a.run_info else None
     written.append(report.write_report(out_dir, samplesheet=Path(a.samplesheet) if a.samplesheet else None, run=run))
-    text += "\n  written: " + ", ".join(str(p) for p in written)
+    text += f"\n  written to {out_dir}: " + ", ".join(p.name for p in written)
     if a.text:
         Path(a.text).write_text(text + "\n")
     print(text)
