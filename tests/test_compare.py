@@ -170,3 +170,29 @@ def test_evaluate_step_scores_each_record_from_its_cache_entry(published):
     assert [(s["label"], s["id"]) for s in scores] == [("good", "a"), ("fused", "a")]
     assert scores[0]["matches"][0]["f1"] == 1.0
     assert scores[1]["matches"][0]["f1"] == pytest.approx(metrics.match_labels(gt, fused).f1)
+
+
+def test_run_files_replace_only_what_aiod_wrote(tmp_path):
+    from aiod import publish
+    from aiod.errors import AiodError
+    out = tmp_path / "out"
+    out.mkdir()
+    publish.check_run_files(out, [])  # nothing there yet
+    (out / "report.html").write_text('<html><head><meta name="generator" content="AIoD report"></head></html>')
+    (out / "evaluation.json").write_text(json.dumps({"thresholds": [0.5], "images": [], "pooled": {}}))  # an older aiod evaluate
+    (out / "evaluation.csv").write_text("id\n")
+    (out / "comparison.json").write_text(json.dumps({"format": "aiod-comparison/1"}))
+    publish.check_run_files(out, [])
+    (out / "comparison.json").write_text('{"mine": 1}')
+    with pytest.raises(AiodError, match="comparison.json' already exists and is not a file AIoD wrote"):
+        publish.check_run_files(out, [])
+    (out / "comparison.json").unlink()
+    with pytest.raises(AiodError, match="comparison.csv' already exists and is not a file AIoD wrote"):
+        (out / "comparison.csv").write_text("my notes\n")
+        publish.check_run_files(out, [])
+    (out / "comparison.csv").unlink()
+    (out / "report.html").write_text("<html>my own page</html>")
+    with pytest.raises(AiodError, match="report.html' already exists"):
+        publish.check_run_files(out, [])
+    with pytest.raises(AiodError, match="would replace the input"):
+        publish.check_run_files(out, [("a", [out / "report.html"], "images.csv line 2")])

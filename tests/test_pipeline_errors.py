@@ -87,3 +87,11 @@ def test_bad_models_list_is_refused_naming_the_entry_before_any_image(folder, mo
     out = run_bad(folder, "id,image\na,good.tif\n", "--models", models)
     assert message in last_error(out)
     assert not (folder / "results").exists() or list((folder / "results").rglob("*.json")) == []
+
+
+def test_a_report_of_ones_own_in_the_outdir_is_never_overwritten(folder):
+    (folder / "results").mkdir()
+    (folder / "results" / "report.html").write_text("<html>the lab's own notes</html>")
+    out = run_bad(folder, "id,image\na,good.tif\n")
+    assert f"'{folder / 'results' / 'report.html'}' already exists and is not a file AIoD wrote" in last_error(out)
+    assert (folder / "results" / "report.html").read_text() == "<html>the lab's own notes</html>"

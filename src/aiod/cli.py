@@ -117,9 +117,11 @@ def _check_input(a):
     samples = samplesheet.read_samplesheet(Path(a.source or a.samplesheet))
     if a.outdir:
         from .publish import check_targets
+        from .publish import check_run_files
+        rows = samplesheet.inputs_by_row(samples)
         for subdir in dict.fromkeys((a.subdirs or "").split(",")):  # '': --outdir itself (one model)
-            check_targets(samplesheet.inputs_by_row(samples), Path(a.outdir).absolute() / subdir,
-                          Path(a.root_dir).absolute() if a.root_dir else None)
+            check_targets(rows, Path(a.outdir).absolute() / subdir, Path(a.root_dir).absolute() if a.root_dir else None)
+        check_run_files(Path(a.outdir).absolute(), rows)
     checked = samplesheet.check_samples(samples, open_images=not a.no_open)
     samplesheet.write_checked(checked, Path(a.out))
     print(f"[aiod] {a.samplesheet}: {len(checked)} image(s) checked")

@@ -100,6 +100,41 @@ def check_targets(ids_and_inputs: list[tuple[str, list[Path], str]], outdir: Pat
                             "overwritten: move it away, or choose another --outdir or another id")
 
 
+RUN_FILES = ("comparison.json", "comparison.csv", "evaluation.json", "evaluation.csv", "report.html")
+REPORT_MARK = b'<meta name="generator" content="AIoD report">'
+
+
+def check_run_files(outdir: Path, ids_and_inputs: list[tuple[str, list[Path], str]]) -> None:
+    """Refuse, before any work, a run whose tables or report (written once at its end, into
+    `outdir`) would replace an input or a file that AIoD did not write."""
+    real_inputs = {_real(p): (p, where) for _, paths, where in ids_and_inputs for p in paths}
+    for name in RUN_FILES:
+        path = Path(outdir) / name
+        if _real(path) in real_inputs:
+            p, where = real_inputs[_real(path)]
+            raise AiodError(f"{where}: the run's '{path}' would replace the input '{p}'; choose another --outdir")
+        if (path.is_symlink() or path.exists()) and not _our_run_file(path):
+            raise AiodError(f"'{path}' already exists and is not a file AIoD wrote; it is never overwritten: move it "
+                            "away, or choose another --outdir")
+
+
+def _our_run_file(path: Path) -> bool:
+    if path.is_symlink() or not path.is_file():
+        return False
+    if path.suffix == ".csv":
+        return _our_run_file(path.with_suffix(".json"))
+    head = path.open("rb").read(4096)
+    if path.suffix == ".html":
+        return REPORT_MARK in head
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    # evaluation.json of `aiod evaluate` before it carried a format: thresholds, images, pooled
+    return isinstance(data, dict) and (str(data.get("format", "")).startswith("aiod-")
+                                       or {"thresholds", "images", "pooled"} <= set(data))
+
+
 def _touches(target: Path, real_inputs: dict, holding: dict) -> tuple[str, tuple[Path, str]] | None:
     """How a resolved target would touch the inputs (`real_inputs`: resolved input -> the input;
     `holding`: folder -> an input below it): None when it does not."""
