@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 from skimage.measure import regionprops_table
+from skimage.segmentation import relabel_sequential
 
 from aiod import cli, measure, ngff
 from aiod.errors import InputError
@@ -115,6 +116,21 @@ def test_ids_that_turn_sparse_half_way_keep_the_rows_seen_before():
     ids[n // 2 + 1:] += 50_000_000  # the second half far beyond the first
     table = chunked(ids[labels], None, (8, 10, 12), "ZYX")
     assert_equals_regionprops(table, labels, None, ids=ids)
+
+
+def test_ids_met_out_of_order_go_to_sorted_tables_and_back_to_arrays_with_the_same_rows(monkeypatch):
+    monkeypatch.setattr(measure, "DENSE_SLACK", 0)  # no slack: the first blocks' ids look sparse
+    switches = []
+    for name in ("_to_sparse", "_to_dense"):
+        original = getattr(measure.ObjectStats, name)
+        monkeypatch.setattr(measure.ObjectStats, name, lambda self, *a, _f=original, _n=name: (switches.append(_n), _f(self, *a)))
+    z, y, x = np.indices((24, 30, 36)) // 3  # 960 boxes of 3x3x3 voxels numbered in raster order
+    labels = ((z * 10 + y) * 12 + x + 1).astype(np.uint32)
+    labels[(z + y + x) % 5 == 0] = 0
+    labels, _, _ = relabel_sequential(labels)
+    table = chunked(labels, channels(labels.shape, 1), (6, 6, 6), "ZYX")
+    assert "_to_sparse" in switches and "_to_dense" in switches
+    assert_equals_regionprops(table, labels, channels(labels.shape, 1))
 
 
 def test_blocks_added_from_several_threads_give_the_same_table():

@@ -9,8 +9,8 @@ minimum or a maximum, so the blocks' partial rows add up to the whole-image ones
 Per block, each row of voxels (along the last axis) is cut into runs of one label; a run's
 voxel count, coordinate sums and first/last voxel follow from its start and length, and its
 intensity sum/min/max come from `np.*.reduceat` over the run starts: every voxel is touched a
-few times in C loops, never sorted. The runs are then summed per label (a sort of the runs,
-not of the voxels) into a block table keyed by global id.
+few times in C loops, never sorted. The runs are then summed per label (`np.bincount`,
+`np.minimum.at` on the runs' label index, `_group`) into a block table keyed by global id.
 
 The block tables are combined into per-object arrays indexed by id (grown as larger ids
 appear) while ids stay dense, as AIoD's masks are (1..N): 8 * (1 + 3 * ndim + 3 * channels)
@@ -31,41 +31,28 @@ Every voxel must be given exactly once (blocks must not overlap); `add` is threa
 
 from __future__ import annotations
 
-import json
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import InputError
+from .tables import Table, read_table, write_tables  # noqa: F401 (the tables' API, here too)
 
 FORMAT = "aiod-objects/1"
 DENSE_SLACK = 1 << 18  # ids may run this far ahead of the objects seen and stay dense
-GROWTH = 1.5  # dense arrays grow by this factor (or to the largest id seen)
-WRITE_ROWS = 1 << 18  # rows converted to Arrow at a time by write_tables
+GROWTH = 1.25  # dense arrays grow by this factor (or to the largest id seen)
 # statistic -> how two partial values combine (and the value of "nothing seen yet")
-FIELDS = {"count": (np.add, 0), "csum": (np.add, 0.0), "lo": (np.minimum, np.iinfo(np.int64).max),
+COORD = np.int32  # bounding boxes: any axis up to 2**31 - 1 voxels (checked in add)
+FIELDS = {"count": (np.add, 0), "csum": (np.add, 0.0), "lo": (np.minimum, np.iinfo(COORD).max),
           "hi": (np.maximum, -1), "isum": (np.add, 0.0), "imin": (np.minimum, np.inf), "imax": (np.maximum, -np.inf)}
-
-
-@dataclass
-class Table:
-    """A table as named, equal-length numpy columns (masked arrays for nullable ones), plus
-    metadata written into the Parquet file (`meta["format"]` says which table it is)."""
-
-    columns: dict
-    meta: dict
-
-    def __len__(self) -> int:
-        return len(next(iter(self.columns.values()))) if self.columns else 0
 
 
 def _empty(ndim: int, n_channels: int, n: int = 0) -> dict:
     shapes = {"count": (), "csum": (ndim,), "lo": (ndim,), "hi": (ndim,),
               "isum": (n_channels,), "imin": (n_channels,), "imax": (n_channels,)}
-    types = {"count": np.int64, "lo": np.int64, "hi": np.int64}
+    types = {"count": np.int64, "lo": COORD, "hi": COORD}
     return {k: np.full((n, *shapes[k]), FIELDS[k][1], dtype=types.get(k, np.float64)) for k in FIELDS}
 
 
@@ -82,6 +69,27 @@ def _reduce(ids: np.ndarray, cols: dict) -> tuple[np.ndarray, dict]:
     return ids[starts], {k: FIELDS[k][0].reduceat(v, starts, axis=0) for k, v in cols.items()}
 
 
+def _merge_two(a: tuple, b: tuple) -> tuple[np.ndarray, dict]:
+    (ia, ca), (ib, cb) = a, b
+    return _reduce(np.concatenate([ia, ib]), {k: np.concatenate([ca[k], cb[k]]) for k in ca})
+
+
+def _group(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct ids, the index of each id among them): by marking them in a table when
+    they span little (a block's ids mostly do), else by sorting."""
+    low = ids.min()
+    span = int(ids.max()) - int(low) + 1
+    if span > 4 * len(ids) + 4096:
+        return np.unique(ids, return_inverse=True)
+    key = (ids - low).astype(np.intp)
+    seen = np.zeros(span, dtype=bool)
+    seen[key] = True
+    present = np.flatnonzero(seen)
+    slot = np.zeros(span, dtype=np.intp)
+    slot[present] = np.arange(len(present))
+    return present.astype(ids.dtype) + low, slot[key]
+
+
 def block_table(labels: np.ndarray, image: np.ndarray | None = None, offset=None):
     """(sorted ids, partial statistics) of one block; `offset`: its first voxel's index in the
     whole image. `image`: same shape, or (channels, *labels.shape) as ImageSource.read gives."""
@@ -89,30 +97,48 @@ def block_table(labels: np.ndarray, image: np.ndarray | None = None, offset=None
     ndim, flat = lab.ndim, lab.reshape(-1)
     offset = np.zeros(ndim, np.int64) if offset is None else np.asarray(offset, dtype=np.int64)
     channels = [] if image is None else list(image[None] if image.ndim == ndim else image)
-    if flat.size == 0:
-        return flat[:0], _empty(ndim, len(channels))
-    width = lab.shape[-1]
     change = np.empty(flat.size, dtype=bool)
-    change[0] = True
+    change[:1] = True
     np.not_equal(flat[1:], flat[:-1], out=change[1:])
-    change[::width] = True  # runs stop at the end of each row
+    change[:: max(1, lab.shape[-1])] = True  # runs stop at the end of each row
     starts = np.flatnonzero(change)
-    ids = flat[starts]
-    keep = ids != 0
-    inten = [(np.add.reduceat(c, starts, dtype=np.float64), np.minimum.reduceat(c, starts),
-              np.maximum.reduceat(c, starts)) for c in (np.ascontiguousarray(c).reshape(-1) for c in channels)]
-    length = np.diff(starts, append=flat.size)[keep]
-    starts, ids = starts[keep], ids[keep]
-    first = np.stack([*np.unravel_index(starts // width, lab.shape[:-1]), starts % width], 1) + offset
-    last = first.copy()
-    last[:, -1] += length - 1
-    csum = first * length[:, None].astype(np.float64)
-    csum[:, -1] += length * (length - 1) / 2.0
-    cols = {"count": length.astype(np.int64), "csum": csum, "lo": first, "hi": last,
-            "isum": np.stack([s[keep] for s, _, _ in inten], 1) if inten else np.zeros((len(ids), 0)),
-            "imin": np.stack([m[keep] for _, m, _ in inten], 1).astype(np.float64) if inten else np.zeros((len(ids), 0)),
-            "imax": np.stack([m[keep] for _, _, m in inten], 1).astype(np.float64) if inten else np.zeros((len(ids), 0))}
-    return _reduce(ids, cols)
+    runs = flat[starts]
+    keep = runs != 0
+    if not keep.any():
+        return runs[:0], _empty(ndim, len(channels))
+    per_run = [(np.add.reduceat(c, starts, dtype=np.float64 if c.dtype.kind == "f" else np.int64)[keep],
+                np.minimum.reduceat(c, starts)[keep].astype(np.float64), np.maximum.reduceat(c, starts)[keep].astype(np.float64))
+               for c in (np.ascontiguousarray(c).reshape(-1) for c in channels)]  # intensity sum, min, max per run
+    runs_end = np.empty_like(starts)
+    runs_end[:-1], runs_end[-1] = starts[1:], flat.size
+    length_i = (runs_end - starts)[keep]
+    length = length_i.astype(np.float64)
+    starts = starts[keep]
+    ids, inv = _group(runs[keep])
+    n = len(ids)
+
+    def total(weights):
+        return np.bincount(inv, weights=weights, minlength=n)
+
+    def extreme(op, values, fill):
+        out = np.full(n, fill, dtype=values.dtype)
+        op.at(out, inv, values)
+        return out
+
+    coords, rest = [], starts.astype(np.int64, copy=False)  # each run's first voxel (faster than unravel_index)
+    for n_k, o in zip(lab.shape[:0:-1], offset[:0:-1]):
+        rest, c = np.divmod(rest, n_k)
+        coords.insert(0, c + o)
+    coords.insert(0, rest + offset[0])
+    ends = coords[-1] + length_i - 1
+    sums = [total(length * c) for c in coords[:-1]] + [total(length * coords[-1] + length * (length - 1) / 2)]
+    cols = {"count": np.rint(total(length)).astype(np.int64), "csum": np.stack(sums, 1),
+            "lo": np.stack([extreme(np.minimum, c, FIELDS["lo"][1]) for c in coords], 1).astype(COORD),
+            "hi": np.stack([extreme(np.maximum, c, -1) for c in (*coords[:-1], ends)], 1).astype(COORD)}
+    for name, k, make in (("isum", 0, total), ("imin", 1, lambda v: extreme(np.minimum, v, np.inf)),
+                          ("imax", 2, lambda v: extreme(np.maximum, v, -np.inf))):
+        cols[name] = np.stack([make(run[k]) for run in per_run], 1) if per_run else np.zeros((n, 0))
+    return ids, cols
 
 
 class ObjectStats:
@@ -157,6 +183,8 @@ class ObjectStats:
                                  f"{labels.shape} ({self.n_channels} channel(s)); expected {want}")
         elif self.n_channels:
             raise InputError(f"{self.source}: no image block, but the table has {self.n_channels} channel(s)")
+        if offset is not None and max(int(o) + n for o, n in zip(offset, labels.shape)) > np.iinfo(COORD).max:
+            raise InputError(f"{self.source}: a block at {tuple(offset)} lies beyond 2**31 - 1 voxels along an axis")
         ids, cols = block_table(labels, image, offset)
         if labels.dtype.kind == "i" and ids.size and ids[0] < 0:
             where = "" if offset is None else f" in the block at {tuple(int(o) for o in offset)}"
@@ -172,12 +200,16 @@ class ObjectStats:
             capacity = len(dense["count"])
             top = int(ids[-1])
             if top >= capacity:
-                if top > GROWTH * 2 * (self._present + len(ids)) + DENSE_SLACK:
+                if not self._dense_enough(top, self._present + len(ids)):
                     self._to_sparse()
                 else:
                     self._grow(max(top + 1, int(capacity * GROWTH)))
         if self._dense is None:
             self._push(ids, cols)
+            objects = max(len(t) for t, _ in self._parts)  # at least this many objects
+            top = max(int(t[-1]) for t, _ in self._parts if t.size) if objects else 0
+            if self._dense_enough(top, objects):  # the ids filled in as the scan went on: dense again
+                self._to_dense(top)
             return
         index = ids.astype(np.intp)
         self._present += int(np.count_nonzero(self._dense["count"][index] == 0))
@@ -191,6 +223,19 @@ class ObjectStats:
             grown[: len(arr)] = arr
             grown[len(arr):] = FIELDS[name][1]
             self._dense[name] = grown
+
+    @staticmethod
+    def _dense_enough(top: int, objects: int) -> bool:
+        """Whether arrays indexed by id up to `top` are worth it for this many objects."""
+        return top <= 2 * objects + DENSE_SLACK
+
+    def _to_dense(self, top: int) -> None:
+        ids, cols = self._merged()
+        self._dense = _empty(self.ndim, self.n_channels, top + 1)
+        index = ids.astype(np.intp)
+        for name, value in cols.items():
+            self._dense[name][index] = value
+        self._present = len(ids)
 
     def _to_sparse(self) -> None:
         ids, cols = self._compact()
@@ -215,20 +260,20 @@ class ObjectStats:
         O(log) tables, each row merged O(log) times."""
         self._parts.append((ids, cols))
         while len(self._parts) > 1 and len(self._parts[-2][0]) <= 2 * len(self._parts[-1][0]):
-            (ia, ca), (ib, cb) = self._parts.pop(-2), self._parts.pop()
-            self._parts.append(_reduce(np.concatenate([ia, ib]), {k: np.concatenate([ca[k], cb[k]]) for k in ca}))
+            self._parts.append(_merge_two(self._parts.pop(-2), self._parts.pop()))
+
+    def _merged(self) -> tuple[np.ndarray, dict]:
+        """The sorted tables merged into one (and taken out)."""
+        parts, self._parts = self._parts, []
+        while len(parts) > 1:
+            parts.append(_merge_two(parts.pop(-2), parts.pop()))
+        return parts[0] if parts else (np.zeros(0, np.int64), _empty(self.ndim, self.n_channels))
 
     def finish(self) -> Table:
         """The object table: one row per object, by id (docs/measure.md lists the columns).
         The accumulated arrays are reused for the columns; the object is spent after this."""
         with self._lock:
-            if self._dense is not None:
-                ids, cols = self._compact()
-            else:
-                while len(self._parts) > 1:
-                    (ia, ca), (ib, cb) = self._parts.pop(-2), self._parts.pop()
-                    self._parts.append(_reduce(np.concatenate([ia, ib]), {k: np.concatenate([ca[k], cb[k]]) for k in ca}))
-                ids, cols = self._parts[0] if self._parts else (np.zeros(0, np.int64), _empty(self.ndim, self.n_channels))
+            ids, cols = self._compact() if self._dense is not None else self._merged()
             self._dense, self._parts = None, []
         return _table(ids.astype(self._id_dtype), cols, self)
 
@@ -314,69 +359,10 @@ def measure_result(mask, image=None, *, label_name: str | None = None, image_axe
     return stats.finish()
 
 
-def _arrow(col):
-    import pyarrow as pa
-
-    if isinstance(col, np.ma.MaskedArray):
-        return pa.array(np.ma.getdata(col), mask=np.ma.getmaskarray(col))
-    if col.dtype == object:
-        return pa.array(list(col), type=pa.string())
-    return pa.array(np.ascontiguousarray(col), from_pandas=col.dtype.kind == "f")  # NaN -> null
-
-
-def write_tables(table: Table, out_prefix, inputs=()) -> tuple[Path, Path]:
-    """Write `<out_prefix>.parquet` (with `table.meta` as its "aiod" metadata) and
-    `<out_prefix>.csv`, a slice of rows at a time; each under a temporary name, renamed when
-    both are complete. A path that is, or lies in, one of `inputs` is refused."""
-    import pyarrow as pa
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
-    prefix = Path(out_prefix)
-    if prefix.suffix in (".parquet", ".csv"):
-        prefix = prefix.with_suffix("")
-    paths = [prefix.with_name(prefix.name + ext) for ext in (".parquet", ".csv")]
-    for path in paths:
-        for source in (Path(i).resolve() for i in inputs if i is not None):
-            if path.resolve() == source or path.resolve().is_relative_to(source):
-                raise InputError(f"{path}: would overwrite the input {source}; choose another --out")
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    temps = [p.with_name(f".{p.name}.partial-{os.getpid()}") for p in paths]
-    names = list(table.columns)
-    n = len(table)
-    first = pa.record_batch([_arrow(table.columns[k][:1]) for k in names], names=names)
-    schema = first.schema.with_metadata({"aiod": json.dumps(table.meta)})
-    try:
-        with pq.ParquetWriter(temps[0], schema) as parquet, pacsv.CSVWriter(temps[1], schema) as csv:
-            for start in range(0, n, WRITE_ROWS) if n else [0]:
-                rows = slice(start, start + WRITE_ROWS)
-                batch = pa.record_batch([_arrow(table.columns[k][rows]) for k in names], schema=schema)
-                parquet.write_batch(batch)
-                csv.write_batch(batch)
-        for tmp, path in zip(temps, paths):
-            os.replace(tmp, path)
-    finally:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
-    return paths[0], paths[1]
-
-
-def read_table(path) -> Table:
-    """A table written by write_tables, back from its Parquet file (numpy columns)."""
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: file not found")
-    try:
-        data = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for files that are not Parquet
-        raise InputError(f"{path}: cannot be read as Parquet ({type(e).__name__}: {e})".splitlines()[0]) from None
-    meta = json.loads((data.schema.metadata or {}).get(b"aiod", b"{}"))
-    return Table({k: data.column(k).to_numpy(zero_copy_only=False) for k in data.column_names}, meta)
-
-
 def _cli(a) -> None:
+    from .merge import bound_malloc
+
+    bound_malloc()  # this process only measures: keep the threads' freed blocks from piling up
     table = measure_result(Path(a.mask), a.image, label_name=a.label, image_axes=a.image_axes)
     parquet, csv = write_tables(table, a.out, inputs=(a.mask, a.image))
     print(f"[aiod] {a.mask}: {len(table)} objects -> {parquet}, {csv}")

@@ -24,7 +24,8 @@ import numpy as np
 
 from .errors import InputError
 from .measure import FORMAT as OBJECTS_FORMAT
-from .measure import Table, read_table, size_column, write_tables
+from .measure import size_column
+from .tables import Table, read_table, write_tables
 
 FORMAT = "aiod-regions/1"
 OUTSIDE, BACKGROUND = -1, 0  # region ids of the rows for objects outside the atlas and on 0
