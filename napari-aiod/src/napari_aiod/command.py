@@ -1,0 +1,144 @@
+"""A run from the widget as files and a command line, and what its output says (no Qt here).
+
+`write_inputs` writes the same samplesheet and `--model_params` file a person would write for
+the command line; `command_line` is the `nextflow run main.nf ...` that runs them. `Progress`
+reads Nextflow's `-ansi-log false` lines (a task submitted or taken from -resume's cache) and
+the run's trace file (a line per finished task) to count finished tasks; `error_line` finds the
+pipeline's one-line `AIOD ERROR:` message.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+IMAGE_SUFFIXES = (".ome.zarr", ".ome.tiff", ".ome.tif", ".zarr", ".tiff", ".tif")
+SUBMITTED = re.compile(r"^\[[0-9a-f]{2}/[0-9a-f]{6}\] (Submitted|Cached) process > (\S+)")
+FINISHED = {"COMPLETED", "FAILED", "CACHED", "ABORTED"}
+
+
+@dataclass
+class RunRequest:
+    """What the widget's fields say. `images`: (id, path) pairs; `params`: the parameters that
+    differ from the version's defaults."""
+    images: list[tuple[str, str]]
+    model: str
+    version: str
+    task: str
+    params: dict = field(default_factory=dict)
+    num_substacks: str = "auto"
+    overlap: str = "32"
+    profile: str = "local"
+    outdir: str = "results"
+    root_dir: str = "~/.nextflow/aiod"
+    save_tiff: bool = False
+
+
+def image_id(path: str | Path, taken=()) -> str:
+    """A samplesheet id from a file name: its stem without image suffixes, other characters
+    than letters, digits, '.', '_', '-' replaced by '_', and a number added when taken."""
+    name = Path(str(path).rstrip("/")).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    base = re.sub(r"[^A-Za-z0-9._-]", "_", name).strip(".") or "image"
+    out, n = base, 1
+    while out in taken:
+        n += 1
+        out = f"{base}_{n}"
+    return out
+
+
+def write_inputs(request: RunRequest, folder: Path) -> dict[str, Path]:
+    """samplesheet.csv (and model_params.yaml when a parameter is set) in `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"input": folder / "samplesheet.csv"}
+    with open(files["input"], "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "image"])
+        for sample_id, path in request.images:
+            writer.writerow([sample_id, str(Path(path).expanduser().resolve())])
+    if request.params:
+        files["model_params"] = folder / "model_params.yaml"
+        files["model_params"].write_text(yaml.safe_dump(dict(request.params), sort_keys=False))
+    return files
+
+
+def command_line(request: RunRequest, files: dict[str, Path], nextflow: str, main_nf: Path,
+                 suffix: str) -> list[str]:
+    """The `nextflow run` command for the request; `suffix` names its trace file."""
+    args = [nextflow, "run", str(main_nf), "-profile", request.profile, "-ansi-log", "false",
+            "--input", str(files["input"]),
+            "--outdir", str(Path(request.outdir).expanduser().resolve()),
+            "--root_dir", str(Path(request.root_dir).expanduser().resolve()),
+            "--model", request.model, "--model_version", request.version, "--task", request.task,
+            "--num_substacks", str(request.num_substacks), "--overlap", str(request.overlap),
+            "--trace_report_suffix", suffix]
+    if "model_params" in files:
+        args += ["--model_params", str(files["model_params"])]
+    if request.save_tiff:
+        args.append("--save_tiff")
+    return args
+
+
+def trace_file(outdir: str | Path, suffix: str) -> Path:
+    """Where nextflow.config puts the run's trace."""
+    return Path(outdir).expanduser().resolve() / "pipeline_info" / f"execution_trace_{suffix}.txt"
+
+
+class Progress:
+    """Tasks started (from the log lines) and finished (from the trace)."""
+
+    def __init__(self):
+        self.started = 0
+        self.finished = 0
+
+    def feed_line(self, line: str) -> None:
+        if SUBMITTED.match(line):
+            self.started += 1
+
+    def read_trace(self, path: Path) -> None:
+        try:
+            lines = Path(path).read_text().splitlines()
+        except OSError:
+            return
+        if not lines:
+            return
+        header = lines[0].split("\t")
+        if "status" not in header:
+            return
+        col = header.index("status")
+        rows = [ln.split("\t") for ln in lines[1:]]
+        self.finished = sum(1 for r in rows if len(r) > col and r[col] in FINISHED)
+        self.started = max(self.started, self.finished)
+
+
+def error_line(output: str) -> str | None:
+    """The pipeline's last `AIOD ERROR:` line (without Nextflow's `ERROR ~ ` in front)."""
+    found = None
+    for line in output.splitlines():
+        at = line.find("AIOD ERROR:")
+        if at >= 0:
+            found = line[at:].strip()
+    return found
+
+
+def published_records(outdir: str | Path, ids) -> list[dict]:
+    """The records (`<outdir>/<id>.json`, aiod-record/1) of the given ids that exist."""
+    import json
+    out = []
+    for sample_id in ids:
+        path = Path(outdir).expanduser() / f"{sample_id}.json"
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("format", "").startswith("aiod-record/"):
+            out.append(record)
+    return out

@@ -1,0 +1,96 @@
+"""Images and masks as napari layer data, lazily.
+
+A published mask (`<id>.ome.zarr/labels/<name>/0, 1, ...`) becomes a list of zarr arrays, one per
+pyramid level, which napari shows as a multiscale labels layer reading only the chunks on screen:
+level 0 is never read whole. An image file is opened the same way (a TIFF through tifffile's zarr
+view of its pages, an OME-Zarr by its multiscales). An image layer that is not a file yet is
+written as OME-Zarr (aiod.ngff.write_image) before a run, so the pipeline can read it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+
+def _ome(node) -> dict:
+    attrs = dict(node.attrs)
+    return dict(attrs.get("ome") or attrs)
+
+
+def label_levels(result: Path, name: str | None = None) -> tuple[list, list[float], str]:
+    """(level arrays, level-0 scale, label name) of a label image in an OME-Zarr result."""
+    result = Path(result)
+    if name is None:
+        names = _ome(zarr.open_group(store=str(result / "labels"), mode="r")).get("labels") or []
+        if not names:
+            raise FileNotFoundError(f"{result}: no label images listed in labels/")
+        name = names[0]
+    group = zarr.open_group(store=str(result / "labels" / name), mode="r")
+    datasets = _ome(group)["multiscales"][0]["datasets"]
+    levels = [group[d["path"]] for d in datasets]
+    scale = datasets[0]["coordinateTransformations"][0]["scale"]
+    return levels, [float(s) for s in scale], name
+
+
+def image_levels(path: Path) -> tuple[list, str]:
+    """(level arrays, stored axes) of an image file, opened lazily; axes from aiod.imageio."""
+    from aiod.imageio import open_image
+    path = Path(path)
+    with open_image(path) as source:
+        axes = source.source_axes
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+        store = tifffile.imread(path, aszarr=True)
+        node = zarr.open(store, mode="r")
+        if isinstance(node, zarr.Group):
+            arrays = [node[k] for k in sorted(node.array_keys(), key=lambda k: int(k) if k.isdigit() else 0)]
+        else:
+            arrays = [node]
+        return arrays, axes
+    group = zarr.open_group(store=str(path), mode="r")
+    ms = _ome(group).get("multiscales")
+    if ms:
+        return [group[d["path"]] for d in ms[0]["datasets"]], axes
+    return [group[k] for k in sorted(group.array_keys())][:1], axes
+
+
+def add_result(viewer, result: Path, image: Path | None, image_layer=None, name: str | None = None):
+    """Add a published (or cached) mask over its image: the image layer given, or the image
+    file opened lazily (when it exists and no layer is given). Returns the labels layer."""
+    levels, scale, label_name = label_levels(result)
+    title = name or label_name
+    if image_layer is None and image is not None and Path(image).exists():
+        arrays, axes = image_levels(Path(image))
+        spatial = iter(scale)
+        per_axis = [next(spatial, 1.0) if a in "ZYX" else 1.0 for a in axes]
+        kwargs = {"multiscale": len(arrays) > 1, "name": f"{title} image"}
+        if "C" in axes and arrays[0].shape[axes.index("C")] > 1:
+            kwargs["channel_axis"] = axes.index("C")
+            del per_axis[axes.index("C")]
+        viewer.add_image(arrays if len(arrays) > 1 else arrays[0], scale=per_axis, **kwargs)
+    elif image_layer is not None:
+        scale = list(image_layer.scale)[-len(scale):]
+    # napari takes a pyramid as a list of two or more levels; a one-level mask is its zarr array
+    return viewer.add_labels(levels if len(levels) > 1 else levels[0], multiscale=len(levels) > 1,
+                             scale=scale, name=title)
+
+
+def save_layer(layer, folder: Path, sample_id: str) -> Path:
+    """Write an image layer as `<folder>/<id>.ome.zarr` (NGFF 0.5) for the pipeline to read.
+    2D layers are YX, 3D ZYX; an RGB or multiscale layer is refused."""
+    from aiod import ngff
+    if getattr(layer, "rgb", False):
+        raise ValueError(f"layer '{layer.name}': RGB layers cannot be segmented; split the channels first")
+    if getattr(layer, "multiscale", False):
+        raise ValueError(f"layer '{layer.name}': a multiscale layer is a file already; pick its file instead")
+    data = layer.data
+    if data.ndim not in (2, 3):
+        raise ValueError(f"layer '{layer.name}': {data.ndim} dimensions; expected 2 (YX) or 3 (ZYX)")
+    axes = "YX" if data.ndim == 2 else "ZYX"
+    out = Path(folder) / f"{sample_id}.ome.zarr"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ngff.write_image(out, np.asarray(data), axes=axes, scale=[float(s) for s in layer.scale])
+    return out

@@ -1,0 +1,364 @@
+"""The AIoD dock widget: pick images and a model, run the pipeline, open what it publishes.
+
+The widget only gathers settings and shows results. The model request is checked by the
+registry's own code (aiod.models.resolve, as RESOLVE_MODEL checks it), the run is `nextflow run
+main.nf` on the samplesheet and parameter file the widget writes (command.py, runner.py), the
+masks are opened lazily from the OME-Zarr the run published (layers.py), and the cache panel
+lists and deletes through aiod.cache_tools (cache_panel.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
+                            QLabel, QLineEdit, QListWidget, QPlainTextEdit, QProgressBar, QPushButton,
+                            QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
+
+from . import command, settings
+from .cache_panel import CachePanel
+from .params_form import ParamsForm
+from .project import nextflow, profiles, use_aiod
+
+LAYER_PREFIX = "layer: "
+SCORE_COLUMNS = ("label", "images", "cached", "objects", "f1", "ap_50_95", "panoptic_quality", "dice",
+                 "seconds_per_megapixel", "device")
+
+
+class AiodWidget(QWidget):
+    run_finished = Signal(int)  # the pipeline's exit code, after the results are opened
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.project = use_aiod()
+        from aiod.models import visible
+        from aiod.registry import load_registry
+        self.viewer = napari_viewer
+        self.families = load_registry()
+        self.visible = visible(self.families)
+        self.images: list[dict] = []  # {"path": str} or {"layer": napari layer}
+        self.run_handle = None
+        self.last_error: str | None = None
+        self.added_layers: list = []
+        self.layer_of: dict[str, object] = {}  # sample id -> the image layer it was saved from
+
+        tabs = QTabWidget()
+        tabs.addTab(self._run_tab(), "Run")
+        self.cache_panel = CachePanel(self.viewer, lambda: self.root_dir.text())
+        tabs.addTab(self.cache_panel, "Cache")
+        self.scores = QTableWidget(0, len(SCORE_COLUMNS))
+        self.scores.setHorizontalHeaderLabels(list(SCORE_COLUMNS))
+        tabs.addTab(self.scores, "Scores")
+        self.tabs = tabs
+        layout = QVBoxLayout(self)
+        layout.addWidget(tabs)
+        self.set_model(next(iter(self.visible)))
+
+    # ---- the form ------------------------------------------------------------------------------
+
+    def _run_tab(self) -> QWidget:
+        page = QWidget()
+        col = QVBoxLayout(page)
+
+        box = QGroupBox("Images")
+        v = QVBoxLayout(box)
+        self.image_list = QListWidget()
+        v.addWidget(self.image_list)
+        row = QHBoxLayout()
+        self.add_files_button = QPushButton("Add files…")
+        self.add_files_button.clicked.connect(self._browse_images)
+        self.layer_choice = QComboBox()
+        self.add_layer_button = QPushButton("Add layer")
+        self.add_layer_button.clicked.connect(self._add_chosen_layer)
+        self.remove_button = QPushButton("Remove")
+        self.remove_button.clicked.connect(self._remove_images)
+        for w in (self.add_files_button, self.layer_choice, self.add_layer_button, self.remove_button):
+            row.addWidget(w)
+        v.addLayout(row)
+        col.addWidget(box)
+        self.viewer.layers.events.inserted.connect(self._refresh_layer_choice)
+        self.viewer.layers.events.removed.connect(self._refresh_layer_choice)
+        self._refresh_layer_choice()
+
+        box = QGroupBox("Model")
+        form = QFormLayout(box)
+        self.family = QComboBox()
+        self.family.addItems(list(self.visible))
+        self.family.currentTextChanged.connect(lambda f: self.set_model(f))
+        self.version = QComboBox()
+        self.version.currentTextChanged.connect(lambda v: v and self.set_model(self.family.currentText(), v))
+        self.task = QComboBox()
+        self.description = QLabel()
+        self.description.setWordWrap(True)
+        for name, w in (("family", self.family), ("version", self.version), ("task", self.task), ("", self.description)):
+            form.addRow(name, w)
+        col.addWidget(box)
+
+        box = QGroupBox("Parameters")
+        self.params = ParamsForm()
+        QVBoxLayout(box).addWidget(self.params)
+        col.addWidget(box)
+
+        box = QGroupBox("Substacks and where to run")
+        form = QFormLayout(box)
+        self.num_substacks = QLineEdit("auto")
+        self.num_substacks.setToolTip("substacks per axis: 'auto', one number, or one per axis (e.g. 2,4,4)")
+        self.overlap = QLineEdit("32")
+        self.overlap.setToolTip("overlap between substacks: pixels or a fraction, one value or one per axis")
+        self.profile = QComboBox()
+        self.profile.setEditable(True)
+        self.profile.addItems(profiles(self.project))
+        self.profile.setToolTip("Nextflow profile(s), comma-separated: local, local,gpu, slurm, a site profile")
+        self.outdir = QLineEdit(str(Path.cwd() / "results"))
+        self.root_dir = QLineEdit(str(Path("~/.nextflow/aiod").expanduser()))
+        self.save_tiff = QCheckBox("also publish a TIFF copy")
+        for name, w in (("substacks", self.num_substacks), ("overlap", self.overlap), ("profile", self.profile),
+                        ("output folder", self.outdir), ("root (cache)", self.root_dir), ("", self.save_tiff)):
+            form.addRow(name, w)
+        col.addWidget(box)
+
+        row = QHBoxLayout()
+        self.project_name = QLineEdit("project")
+        self.save_button = QPushButton("Save project")
+        self.save_button.clicked.connect(lambda: self.save_project(self.project_name.text()))
+        self.load_button = QPushButton("Load project…")
+        self.load_button.clicked.connect(self._browse_project)
+        for w in (QLabel("project"), self.project_name, self.save_button, self.load_button):
+            row.addWidget(w)
+        col.addLayout(row)
+
+        row = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.run_button.clicked.connect(self.run)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(lambda: self.run_handle and self.run_handle.stop())
+        self.progress = QProgressBar()
+        self.progress.setFormat("%v / %m tasks")
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        for w in (self.run_button, self.stop_button, self.progress):
+            row.addWidget(w)
+        col.addLayout(row)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        col.addWidget(self.status)
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(2000)
+        col.addWidget(self.log)
+        return page
+
+    def set_model(self, family: str, version: str | None = None, task: str | None = None) -> None:
+        """Show a family's visible versions and tasks and its generated parameter widgets."""
+        versions = self.visible[family]
+        version = version if version in versions else next(iter(versions))
+        for combo, items, current in ((self.family, list(self.visible), family), (self.version, list(versions), version),
+                                      (self.task, versions[version], task)):
+            combo.blockSignals(True)
+            if [combo.itemText(i) for i in range(combo.count())] != items:
+                combo.clear()
+                combo.addItems(items)
+            if current in items:
+                combo.setCurrentText(current)
+            combo.blockSignals(False)
+        manifest = self.families[family]
+        self.description.setText(manifest.description)
+        self.params.build(manifest, version)
+
+    # ---- images ------------------------------------------------------------------------------
+
+    def add_image_paths(self, paths) -> None:
+        for p in paths:
+            self.images.append({"path": str(p)})
+            self.image_list.addItem(str(p))
+
+    def add_layer(self, layer) -> None:
+        self.images.append({"layer": layer})
+        self.image_list.addItem(LAYER_PREFIX + layer.name)
+
+    def _browse_images(self) -> None:
+        files, _ = QFileDialog.getOpenFileNames(self, "Images", "", "Images (*.tif *.tiff *.zarr);;All files (*)")
+        self.add_image_paths(files)
+
+    def _refresh_layer_choice(self, _event=None) -> None:
+        from napari.layers import Image
+        self.layer_choice.clear()
+        self.layer_choice.addItems([layer.name for layer in self.viewer.layers if isinstance(layer, Image)])
+
+    def _add_chosen_layer(self) -> None:
+        name = self.layer_choice.currentText()
+        if name in self.viewer.layers:
+            self.add_layer(self.viewer.layers[name])
+
+    def _remove_images(self) -> None:
+        for row in sorted((self.image_list.row(i) for i in self.image_list.selectedItems()), reverse=True):
+            self.image_list.takeItem(row)
+            del self.images[row]
+
+    # ---- settings and project files -------------------------------------------------------------
+
+    def settings(self) -> dict:
+        """The form as a project file's settings (image layers are not files: not saved)."""
+        return {"images": [i["path"] for i in self.images if "path" in i], "model": self.family.currentText(),
+                "version": self.version.currentText(), "task": self.task.currentText(),
+                "params": self.params.raw_values(), "num_substacks": self.num_substacks.text(),
+                "overlap": self.overlap.text(), "profile": self.profile.currentText(), "outdir": self.outdir.text(),
+                "root_dir": self.root_dir.text(), "save_tiff": self.save_tiff.isChecked()}
+
+    def apply_settings(self, s: dict) -> None:
+        if "model" in s:
+            if s["model"] not in self.visible:
+                raise settings.ProjectFileError(f"model '{s['model']}' is not in the registry (or not readable by you)")
+            self.set_model(s["model"], s.get("version"), s.get("task"))
+        unknown = self.params.set_values(s.get("params") or {})
+        if unknown:
+            raise settings.ProjectFileError(f"params: {', '.join(unknown)}: not parameters of {self.family.currentText()}")
+        if "images" in s:
+            self.images = [i for i in self.images if "layer" in i]
+            self.image_list.clear()
+            self.image_list.addItems([LAYER_PREFIX + i["layer"].name for i in self.images])
+            self.add_image_paths(s["images"])
+        for key, w in (("num_substacks", self.num_substacks), ("overlap", self.overlap), ("outdir", self.outdir),
+                       ("root_dir", self.root_dir)):
+            if key in s:
+                w.setText(str(s[key]))
+        if "profile" in s:
+            self.profile.setCurrentText(str(s["profile"]))
+        if "save_tiff" in s:
+            self.save_tiff.setChecked(bool(s["save_tiff"]))
+
+    def save_project(self, name: str) -> Path | None:
+        try:
+            path = settings.save(settings.project_path(self.root_dir.text(), name), self.settings())
+        except (settings.ProjectFileError, OSError) as exc:
+            self.show_error(f"AIOD ERROR: {exc}")
+            return None
+        self.status.setText(f"saved {path}")
+        return path
+
+    def load_project(self, path) -> bool:
+        try:
+            self.apply_settings(settings.load(Path(path)))
+        except settings.ProjectFileError as exc:
+            self.show_error(f"AIOD ERROR: {exc}")
+            return False
+        self.status.setText(f"loaded {path}")
+        return True
+
+    def _browse_project(self) -> None:
+        folder = Path(self.root_dir.text()).expanduser() / settings.FOLDER
+        path, _ = QFileDialog.getOpenFileName(self, "Project file", str(folder), "Project files (*.yaml)")
+        if path:
+            self.load_project(path)
+
+    # ---- running ---------------------------------------------------------------------------------
+
+    def show_error(self, line: str) -> None:
+        self.last_error = line
+        self.status.setText(line)
+        self.status.setStyleSheet("color: #e55;")
+
+    def request(self) -> command.RunRequest:
+        """The run the form describes, its model checked by the registry (ModelError)."""
+        from aiod.models import resolve
+        family, version, task = self.family.currentText(), self.version.currentText(), self.task.currentText()
+        overrides = self.params.overrides()
+        resolve(family, version, task, overrides, source="napari")
+        return command.RunRequest(images=[], model=family, version=version, task=task, params=overrides,
+                                  num_substacks=self.num_substacks.text().strip() or "auto",
+                                  overlap=self.overlap.text().strip() or "32", profile=self.profile.currentText(),
+                                  outdir=self.outdir.text(), root_dir=self.root_dir.text(),
+                                  save_tiff=self.save_tiff.isChecked())
+
+    def run(self) -> None:
+        """The Run button: check, write the run's files, start Nextflow in the background."""
+        from aiod.errors import AiodError
+        if self.run_handle is not None and self.run_handle.running():
+            return
+        self.status.setStyleSheet("")
+        self.last_error = None
+        try:
+            req = self.request()
+            if not self.images:
+                raise ValueError("no images: add image files or image layers first")
+            root = Path(req.root_dir).expanduser()
+            stamp = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+            taken: list[str] = []
+            self.layer_of: dict[str, object] = {}
+            for item in self.images:
+                sample_id = command.image_id(item.get("path") or item["layer"].name, taken)
+                taken.append(sample_id)
+                if "layer" in item:
+                    from .layers import save_layer
+                    path = save_layer(item["layer"], root / "napari_layers" / stamp, sample_id)
+                    self.layer_of[sample_id] = item["layer"]
+                else:
+                    path = item["path"]
+                req.images.append((sample_id, str(path)))
+        except (AiodError, ValueError, OSError) as exc:
+            self.show_error(f"AIOD ERROR: {exc}")
+            return
+        from .runner import PipelineRun
+        folder = root / settings.FOLDER / "runs" / stamp
+        files = command.write_inputs(req, folder)
+        argv = command.command_line(req, files, nextflow(), self.project / "main.nf", stamp)
+        self.current = req
+        self.log.clear()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.status.setText(f"running: {' '.join(argv[:3])} … (files in {folder})")
+        self.run_handle = PipelineRun(argv, folder, command.trace_file(req.outdir, stamp), self)
+        self.run_handle.progress.connect(self._on_progress)
+        self.run_handle.line.connect(self.log.appendPlainText)
+        self.run_handle.done.connect(self._on_done)
+        self.run_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.run_handle.start()
+
+    def _on_progress(self, finished: int, started: int) -> None:
+        self.progress.setRange(0, max(1, started))
+        self.progress.setValue(finished)
+
+    def _on_done(self, code: int, error: str | None) -> None:
+        self.run_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        if code != 0:
+            folder = self.run_handle.cwd
+            self.show_error(error or f"AIOD ERROR: the pipeline stopped (exit {code}); its output: {folder / 'nextflow-output.txt'}")
+        else:
+            self.open_results(self.current)
+            self.status.setText(f"done: {len(self.current.images)} image(s), results in {self.current.outdir}")
+        self.cache_panel.refresh()
+        self.run_finished.emit(code)
+
+    def open_results(self, req: command.RunRequest) -> None:
+        """Each published mask as a lazy multiscale labels layer over its image; the scores."""
+        from .layers import add_result
+        paths = dict(req.images)
+        for record in command.published_records(req.outdir, paths):
+            sample_id = record["id"]
+            result = Path((record.get("published") or {}).get(".ome.zarr") or Path(req.outdir).expanduser() / f"{sample_id}.ome.zarr")
+            layer = add_result(self.viewer, result, Path(record["image"]), self.layer_of.get(sample_id),
+                               name=f"{sample_id} {record['labels']['name']}")
+            self.added_layers.append(layer)
+        self.show_scores(Path(req.outdir).expanduser() / "comparison.json")
+
+    def show_scores(self, path: Path) -> bool:
+        """comparison.json's table (a row per model) in the Scores tab, when it exists."""
+        try:
+            models = json.loads(Path(path).read_text())["models"]
+        except (OSError, ValueError, KeyError):
+            return False
+        self.scores.setRowCount(len(models))
+        for i, row in enumerate(models):
+            for j, key in enumerate(SCORE_COLUMNS):
+                value = row.get(key)
+                text = "-" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
+                self.scores.setItem(i, j, QTableWidgetItem(("* " if row.get("best") and j == 0 else "") + text))
+        return True
