@@ -39,6 +39,7 @@ $(VENV)/.stamp: envs/classical.txt
 
 $(VENV)/.test-stamp: $(VENV)/.stamp envs/test.txt
 	VIRTUAL_ENV=$(VENV) uv pip install -q --compile-bytecode -r envs/classical.txt -r envs/test.txt
+	VIRTUAL_ENV=$(VENV) uv pip install -q -e ./napari-aiod
 	touch $@
 
 # Every model family's environment (envs/<family>.txt), built once with uv into

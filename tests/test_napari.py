@@ -1,0 +1,239 @@
+"""The napari plugin (napari-aiod/) as a person uses it: its dock widget, headless.
+
+The widget runs under Qt's offscreen platform. napari's canvas needs OpenGL, which that platform
+does not have, so the widget is given napari's viewer model (`ViewerModel`: the layer list and
+`add_image`/`add_labels` a viewer has, without its window); everything the widget does goes
+through it. One real pipeline run (the real Nextflow, `-profile test`) and one failing run are
+shared by the tests that look at what a run leaves.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+import zarr
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+napari = pytest.importorskip("napari")
+pytest.importorskip("napari_aiod")
+
+from napari.components import ViewerModel  # noqa: E402
+from qtpy.QtWidgets import QDoubleSpinBox, QMessageBox, QSpinBox  # noqa: E402
+
+from aiod import cache_tools, synthetic  # noqa: E402
+from aiod.models import visible  # noqa: E402
+from aiod.registry import load_registry  # noqa: E402
+from napari_aiod import command  # noqa: E402
+from napari_aiod.params_form import ValueField  # noqa: E402
+from napari_aiod.widget import AiodWidget  # noqa: E402
+from pipeline_helpers import NEXTFLOW  # noqa: E402
+
+BIG = (1100, 1100)  # larger than one 1024² chunk: the published mask has a pyramid of 2 levels
+
+
+@pytest.fixture(scope="module", autouse=True)
+def engine():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIOD_NEXTFLOW", NEXTFLOW)
+        mp.setenv("NXF_OFFLINE", "true")
+        yield
+
+
+@pytest.fixture(scope="module")
+def qt(qapp):
+    return qapp
+
+
+def make_widget(tmp, viewer=None) -> AiodWidget:
+    w = AiodWidget(viewer or ViewerModel())
+    w.root_dir.setText(str(tmp / "root"))
+    w.outdir.setText(str(tmp / "results"))
+    w.profile.setCurrentText("test")
+    w.num_substacks.setText("1")
+    return w
+
+
+def wait(qapp, done, timeout=600):
+    end = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > end:
+            raise AssertionError(f"not done after {timeout} s")
+        qapp.processEvents()
+        time.sleep(0.05)
+
+
+def run_widget(qapp, w: AiodWidget) -> int:
+    codes = []
+    w.run_finished.connect(codes.append)
+    w.run_button.click()
+    wait(qapp, lambda: codes)
+    return codes[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(qt, tmp_path_factory):
+    """From the widget: a 1100² TIFF picked by path and a 256² image layer, classical/nuclei."""
+    tmp = tmp_path_factory.mktemp("napari_run")
+    gt = synthetic.touching_nuclei(BIG, n=300, radius=(7.0, 12.0), seed=5)
+    tifffile.imwrite(tmp / "big.tif", synthetic.render_nuclei(gt, seed=6), compression="zlib")
+    small = synthetic.render_nuclei(synthetic.touching_nuclei((256, 256), n=40, radius=(7.0, 12.0), seed=7), seed=8)
+    viewer = ViewerModel()
+    layer = viewer.add_image(small, name="field")
+    w = make_widget(tmp, viewer)
+    w.set_model("classical", "nuclei")
+    w.add_image_paths([tmp / "big.tif"])
+    w.add_layer(layer)
+    code = run_widget(qt, w)
+    return w, viewer, tmp, code
+
+
+# ---- the form ---------------------------------------------------------------------------------
+
+def test_parameter_widgets_follow_the_classical_manifest(qt, tmp_path):
+    w = make_widget(tmp_path)
+    w.set_model("classical", "nuclei")
+    f = w.params.fields
+    assert isinstance(f["sigma"], QDoubleSpinBox) and (f["sigma"].minimum(), f["sigma"].maximum(), f["sigma"].value()) == (0, 20, 1.0)
+    assert isinstance(f["min_size"], QSpinBox) and (f["min_size"].minimum(), f["min_size"].value()) == (0, 30)
+    assert (f["max_diameter"].minimum(), f["max_diameter"].maximum(), f["max_diameter"].value()) == (1, 2000, 40)
+    assert isinstance(f["threshold"], ValueField) and f["threshold"].currentText() == "otsu"
+    assert f["h"].toolTip() == "h-maxima height of the weighted distance (pixels): larger merges more"
+    w.version.setCurrentText("cells")
+    assert (w.task.currentText(), w.params.fields["sigma"].value(), w.params.fields["min_size"].value()) == ("cyto", 2.0, 100)
+
+
+def test_every_family_gets_a_widget_of_its_parameters_type_and_range(qt, tmp_path):
+    w = make_widget(tmp_path)
+    for family, versions in visible(load_registry()).items():
+        w.set_model(family, next(iter(versions)))
+        for name, spec in load_registry()[family].parameters.items():
+            field = w.params.fields[name]
+            if isinstance(field, (QSpinBox, QDoubleSpinBox)):
+                assert isinstance(field, QSpinBox) == (spec.type == "int"), (family, name)
+                assert spec.min is None or field.minimum() == spec.min, (family, name)
+                assert spec.max is None or field.maximum() == spec.max, (family, name)
+            elif spec.choices:
+                assert [field.itemText(i) for i in range(field.count())] == spec.choices, (family, name)
+        assert w.params.values() == load_registry()[family].parameters_of(w.version.currentText())
+
+
+def test_only_the_versions_this_user_can_read_are_offered(qt, tmp_path):
+    w = make_widget(tmp_path)
+    w.set_model("stardist")
+    offered = [w.version.itemText(i) for i in range(w.version.count())]
+    assert offered == list(visible(load_registry())["stardist"])
+
+
+def test_a_bad_parameter_is_refused_with_the_registrys_one_line_error(qt, tmp_path):
+    w = make_widget(tmp_path)
+    w.set_model("classical", "nuclei")
+    w.add_image_paths([tmp_path / "x.tif"])
+    w.params.fields["threshold"].setEditText("bright")
+    assert w.params.fields["threshold"].problem() == "expected a number or 'otsu', got 'bright'"
+    w.run_button.click()
+    assert w.last_error == ("AIOD ERROR: napari: parameter 'threshold' of classical/nuclei: "
+                            "expected a number or 'otsu', got 'bright'")
+    assert w.run_handle is None
+
+
+def test_project_file_round_trips_the_settings(qt, tmp_path):
+    w = make_widget(tmp_path)
+    w.set_model("classical", "cells")
+    w.add_image_paths([tmp_path / "a.tif", tmp_path / "b.ome.zarr"])
+    w.params.fields["sigma"].setValue(3.5)
+    w.params.fields["threshold"].setEditText("120")
+    w.overlap.setText("16")
+    saved = w.settings()
+    path = w.save_project("lab-run")
+    assert path == tmp_path / "root" / "project_configs" / "lab-run.yaml"
+    assert yaml.safe_load(path.read_text())["params"]["threshold"] == 120.0
+    other = make_widget(tmp_path)
+    assert other.load_project(path)
+    assert other.settings() == saved
+
+
+# ---- the command line and what Nextflow prints --------------------------------------------------
+
+def test_the_run_is_the_command_line_a_person_would_type(tmp_path):
+    req = command.RunRequest(images=[("field_1", str(tmp_path / "field_1.tif"))], model="classical", version="nuclei",
+                             task="nuclei", params={"sigma": 2.0}, num_substacks="2", overlap="24", profile="local,demo",
+                             outdir=str(tmp_path / "out"), root_dir=str(tmp_path / "root"))
+    files = command.write_inputs(req, tmp_path / "run")
+    argv = command.command_line(req, files, "nextflow", tmp_path / "main.nf", "s1")
+    assert argv == ["nextflow", "run", str(tmp_path / "main.nf"), "-profile", "local,demo", "-ansi-log", "false",
+                    "--input", str(tmp_path / "run" / "samplesheet.csv"), "--outdir", str(tmp_path / "out"),
+                    "--root_dir", str(tmp_path / "root"), "--model", "classical", "--model_version", "nuclei",
+                    "--task", "nuclei", "--num_substacks", "2", "--overlap", "24", "--trace_report_suffix", "s1",
+                    "--model_params", str(tmp_path / "run" / "model_params.yaml")]
+    assert files["input"].read_text().splitlines() == ["id,image", f"field_1,{tmp_path / 'field_1.tif'}"]
+    assert yaml.safe_load(files["model_params"].read_text()) == {"sigma": 2.0}
+    assert command.image_id("/d/embryo 1.ome.zarr/", taken=["embryo_1"]) == "embryo_1_2"
+
+
+def test_progress_counts_finished_tasks_from_the_trace_and_the_error_is_the_aiod_line(tmp_path):
+    p = command.Progress()
+    for line in ["[85/6968bb] Submitted process > RESOLVE_MODEL (classical/default)",
+                 "[55/93a8d8] Cached process > CHECK_INPUT (s.csv)", "N E X T F L O W  ~  version 24.10.0"]:
+        p.feed_line(line)
+    trace = tmp_path / "trace.txt"
+    trace.write_text("task_id\thash\tprocess\tstatus\n1\t85/6968bb\tRESOLVE_MODEL\tCOMPLETED\n")
+    p.read_trace(trace)
+    assert (p.finished, p.started) == (1, 2)
+    out = ("Command error:\n  AIOD ERROR: /t/bad.yaml entry 'classical': parameter 'sigma' of classical/nuclei: 99 is above"
+           " the maximum 20\n\nERROR ~ AIOD ERROR: /t/bad.yaml entry 'classical': parameter 'sigma' of classical/nuclei:"
+           " 99 is above the maximum 20\n\n -- Check '.nextflow.log' file for details")
+    assert command.error_line(out) == ("AIOD ERROR: /t/bad.yaml entry 'classical': parameter 'sigma' of "
+                                       "classical/nuclei: 99 is above the maximum 20")
+
+
+# ---- a real run from the widget -----------------------------------------------------------------
+
+@pytest.mark.pipeline
+def test_run_ends_with_each_mask_open_lazily_over_its_image(finished_run):
+    w, viewer, tmp, code = finished_run
+    assert code == 0, w.run_handle.text()[-3000:]
+    assert w.progress.value() == w.progress.maximum() >= 5  # RESOLVE_MODEL, CHECK_INPUT, PLAN, SEGMENT, FINALIZE, ...
+    big = viewer.layers["big classical_nuclei"]
+    record = command.published_records(tmp / "results", ["big"])[0]
+    assert big.multiscale and len(big.data) == record["labels"]["levels"] == 2
+    assert all(isinstance(level, zarr.Array) for level in big.data)  # read chunk by chunk, never whole
+    assert big.data[0].shape == BIG and big.data[1].shape == (550, 550)
+    assert len(np.unique(big.data[0][...])) - 1 == record["n_objects"] > 250
+    assert "big classical_nuclei image" in viewer.layers  # its image, opened from the TIFF
+    field = viewer.layers["field classical_nuclei"]  # the image layer, saved to OME-Zarr for the run
+    assert field.data.shape == (256, 256) and "field classical_nuclei image" not in viewer.layers
+    assert w.scores.rowCount() == 1 and w.scores.item(0, 0).text() == "classical_nuclei"
+
+
+@pytest.mark.pipeline
+def test_cache_panel_lists_the_results_and_deletes_the_chosen_one_after_confirming(finished_run, monkeypatch):
+    w, _viewer, tmp, _code = finished_run
+    w.cache_panel.refresh()
+    keys = {r["key"]: r for r in w.cache_panel.entries}
+    record = command.published_records(tmp / "results", ["big"])[0]
+    assert len(keys) == 2 and keys[record["key"]]["objects"] == record["n_objects"]
+    row = [r["key"] for r in w.cache_panel.entries].index(record["key"])
+    w.cache_panel.table.selectRow(row)
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a) or QMessageBox.Yes)
+    w.cache_panel.delete_button.click()
+    assert len(asked) == 1
+    left = [e.key for e in cache_tools.all_entries(tmp / "root")]
+    assert record["key"] not in left and len(left) == 1
+    assert [r["key"] for r in w.cache_panel.entries] == left
+
+
+@pytest.mark.pipeline
+def test_a_pipeline_error_shows_its_aiod_error_line_in_the_widget(qt, tmp_path):
+    w = make_widget(tmp_path)
+    w.set_model("classical", "nuclei")
+    (tmp_path / "empty.tif").write_bytes(b"")
+    w.add_image_paths([tmp_path / "empty.tif"])
+    assert run_widget(qt, w) != 0
+    assert w.last_error.startswith("AIOD ERROR: ") and "empty.tif" in w.last_error
+    assert w.status.text() == w.last_error
