@@ -13,7 +13,7 @@ few times in C loops, never sorted. The runs are then summed per label (`np.binc
 `np.minimum.at` on the runs' label index, `_group`) into a block table keyed by global id.
 
 The block tables are combined into per-object arrays indexed by id (grown as larger ids
-appear) while ids stay dense, as AIoD's masks are (1..N): 8 * (1 + 3 * ndim + 3 * channels)
+appear) while ids stay dense, as AIoD's masks are (1..N): 8 * (1 + 2 * ndim + 3 * channels)
 bytes per object. Sparse ids (a mask from elsewhere, ids up to 2**64 - 1) switch to sorted
 tables merged in pairs of like size (`_push`), as the evaluation's contingency is: the same
 result, up to about three times the memory while two tables merge.

@@ -33,13 +33,22 @@ class Table:
 
 
 def _arrow(col):
+    """A numpy column as an Arrow array, built from its buffers: `pa.array` imports pandas
+    where it is installed (1.5 s and 50 MB). NaN, and masked entries, become nulls."""
     import pyarrow as pa
 
-    if isinstance(col, np.ma.MaskedArray):
-        return pa.array(np.ma.getdata(col), mask=np.ma.getmaskarray(col))
-    if col.dtype == object:
-        return pa.array(list(col), type=pa.string())
-    return pa.array(np.ascontiguousarray(col), from_pandas=col.dtype.kind == "f")  # NaN -> null
+    data = np.ma.getdata(col)
+    missing = np.ma.getmaskarray(col) if isinstance(col, np.ma.MaskedArray) else (
+        np.isnan(data) if data.dtype.kind == "f" else np.zeros(len(data), bool))
+    valid = pa.py_buffer(np.packbits(~missing, bitorder="little")) if missing.any() else None
+    nulls = int(missing.sum())
+    if data.dtype == object:  # text
+        encoded = [str(v).encode() for v in data]
+        offsets = np.concatenate([[0], np.cumsum([len(b) for b in encoded], dtype=np.int64)]).astype(np.int32)
+        return pa.Array.from_buffers(pa.string(), len(data), [valid, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))],
+                                     null_count=nulls)
+    data = np.ascontiguousarray(data)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(data.dtype), len(data), [valid, pa.py_buffer(data)], null_count=nulls)
 
 
 def write_tables(table: Table, out_prefix, inputs=()) -> tuple[Path, Path]:
