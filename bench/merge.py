@@ -64,12 +64,13 @@ def _blocks(shape, block):
 class Cells:
     """A deterministic labelling of every voxel, computable on any block on its own."""
 
-    def __init__(self, shape, seed=0):
+    def __init__(self, shape, seed=0, spacing=(8, 24)):
         rng = np.random.default_rng(seed)
         self.shape = shape
         self.index, self.count = [], []
-        for n in shape:  # cell walls at random spacing 8..24 voxels along each axis
-            walls = np.cumsum(rng.integers(8, 25, size=n // 8 + 4)) - 12
+        lo, hi = spacing
+        for n in shape:  # cell walls at random spacing lo..hi (8..24) voxels along each axis
+            walls = np.cumsum(rng.integers(lo, hi + 1, size=n // lo + 4)) - (lo + hi) // 2 - 4
             self.index.append(np.searchsorted(walls, np.arange(-WAVE, n + WAVE + 1), side="right"))
             self.count.append(len(walls) + 1)
         self.phase = rng.uniform(0, 2 * np.pi, size=(3, 2))
