@@ -124,10 +124,12 @@ def _depths(ids: np.ndarray, parent: list, path) -> np.ndarray:
 
 
 def _objects(path) -> tuple[Table, np.ndarray]:
-    table = read_table(path)
-    if table.meta.get("format") != OBJECTS_FORMAT:
+    """The object table's voxel counts and centroids (the only columns read), and its metadata."""
+    meta = read_table(path, columns=[]).meta
+    if meta.get("format") != OBJECTS_FORMAT:
         raise InputError(f"{path}: not an object table of `aiod measure` (no '{OBJECTS_FORMAT}' metadata)")
-    axes = table.meta["axes"].lower()
+    axes = meta["axes"].lower()
+    table = read_table(path, columns=["voxels", *(f"centroid_{a}" for a in axes)])
     centroids = np.stack([np.asarray(table.columns[f"centroid_{a}"], np.float64) for a in axes], 1)
     return table, centroids.reshape(-1, len(axes))
 

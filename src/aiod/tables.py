@@ -88,16 +88,21 @@ def write_tables(table: Table, out_prefix, inputs=()) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
-def read_table(path) -> Table:
-    """A table written by write_tables, back from its Parquet file (numpy columns)."""
+def read_table(path, columns=None) -> Table:
+    """A table written by write_tables, back from its Parquet file (numpy columns): all, or
+    those named in `columns` (missing ones are refused; [] reads the metadata only)."""
     import pyarrow.parquet as pq
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:
-        data = pq.read_table(path)
+        schema = pq.read_schema(path)
     except Exception as e:  # pyarrow raises several types for files that are not Parquet
         raise InputError(f"{path}: cannot be read as Parquet ({type(e).__name__}: {e})".splitlines()[0]) from None
+    missing = [c for c in columns or () if c not in schema.names]
+    if missing:
+        raise InputError(f"{path}: no column(s) {', '.join(missing)}")
+    data = pq.read_table(path, columns=columns)
     meta = json.loads((data.schema.metadata or {}).get(b"aiod", b"{}"))
     return Table({k: data.column(k).to_numpy(zero_copy_only=False) for k in data.column_names}, meta)
