@@ -50,12 +50,22 @@ def test_steps_from_plan_to_cache_and_back(tmp_path, image, model_json, monkeypa
         subs.append(tmp_path / f"s{i}.zarr")
     manifest = merge_step.merge_result(job_json=tmp_path / "plan.json", substacks=subs, out=tmp_path / "result")
     assert manifest["n_objects"] == len(np.unique(gt)) - 1
+    # the object table, made from the blocks as they were written, is the merged mask's own
+    from aiod import measure, tables
+    table = tables.read_table(tmp_path / "result" / "objects.parquet")
+    alone = measure.measure_result(tmp_path / "result" / "labels.ome.zarr", image_path)
+    assert manifest["objects"]["rows"] == len(table) == manifest["n_objects"]
+    assert table.columns.keys() == alone.columns.keys()
+    for name, column in alone.columns.items():
+        np.testing.assert_allclose(np.asarray(table.columns[name], float), np.asarray(column, float), err_msg=name)
     (tmp_path / "task").mkdir()
     monkeypatch.chdir(tmp_path / "task")
     record = finalize_step.finalize(job_json=tmp_path / "plan.json", result=tmp_path / "result", sample_id="img",
                             root_dir=tmp_path / "root", tiff=True, outdir=tmp_path / "publish")
     assert record["cache_hit"] is False and record["format"] == "aiod-record/1"
     assert json.loads((tmp_path / "task" / "img.json").read_text()) == record
+    assert (tmp_path / "publish" / "img.objects.csv").read_bytes() == (Path(record["cache_entry"]) / "objects.csv").read_bytes()
+    assert set(record["published"]) == {".ome.zarr", ".tif", ".objects.parquet", ".objects.csv"}
     mask = np.asarray(ngff.open_labels(tmp_path / "publish" / "img.ome.zarr")[...])
     assert metrics.match_labels(gt, mask).f1 >= 0.95
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "publish" / "img.tif"), mask)

@@ -103,21 +103,23 @@ def _owners(plan: Plan):
     return owners
 
 
-def _write(plan: Plan, labels: list[SubstackLabels], luts: list[np.ndarray], out, dtype, pool) -> None:
+def _write(plan: Plan, labels: list[SubstackLabels], luts: list[np.ndarray], out, dtype, pool, on_block=None) -> None:
     """Write every output chunk once, in parallel: its voxels from the cores that hold them,
-    mapped local -> global."""
+    mapped local -> global; then `on_block(block, piece)` (from the same worker thread)."""
     owners = _owners(plan)
 
     def one(piece):
         region = tuple((p.start, p.stop) for p in piece)
         parts = [(k, intersect(plan.substacks[k].core, region)) for k in owners(region)]
         if len(parts) == 1:  # np.take: faster than luts[k][...] on small integer labels
-            out[piece] = np.take(luts[parts[0][0]], labels[parts[0][0]].read(region))
-            return
-        block = np.empty(shape_of(region), dtype=dtype)
-        for k, part in parts:
-            block[rel(part, region)] = np.take(luts[k], labels[k].read(part))
+            block = np.take(luts[parts[0][0]], labels[parts[0][0]].read(region))
+        else:
+            block = np.empty(shape_of(region), dtype=dtype)
+            for k, part in parts:
+                block[rel(part, region)] = np.take(luts[k], labels[k].read(part))
         out[piece] = block
+        if on_block is not None:
+            on_block(block, piece)
 
     whole = tuple((0, n) for n in plan.spatial_shape)
     chunks = getattr(out, "chunks", None)
@@ -150,12 +152,14 @@ def merge_substacks(
     *,
     link_threshold: float = 0.5,
     workers: int | None = None,
+    on_block: Callable | None = None,
 ) -> MergeStats:
     """Merge the substacks' labels into `create_output(dtype)` (shape `plan.spatial_shape`).
 
     `workers` threads (default: the CPU count, at most 2) read, link and write in parallel;
     each holds at most one slab, or one shared region (in the smallest unsigned type that
-    holds the substack's labels), at a time."""
+    holds the substack's labels), at a time. `on_block(block, piece)` sees every output block
+    once, as written (the object table is made from it: steps/merge.py)."""
     if not 0.0 <= link_threshold <= 1.0:
         raise AiodError(f"merge: link_threshold {link_threshold} must be between 0 and 1")
     labels = open_all(plan, [Path(p) for p in substack_paths])
@@ -199,7 +203,7 @@ def merge_substacks(
             luts.append(lut)
 
         # 4. write every output chunk once
-        _write(plan, labels, luts, create_output(dtype), dtype, pool)
+        _write(plan, labels, luts, create_output(dtype), dtype, pool, on_block)
     return MergeStats(
         n_objects=int(n_objects),
         dtype=dtype.name,

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from .errors import AiodError
 
-SUFFIXES = (".ome.zarr", ".tif", ".json")   # written in this order: the record last
+SUFFIXES = (".ome.zarr", ".tif", ".objects.parquet", ".objects.csv", ".json")   # written in this order: the record last
+TABLES = {".objects.parquet": "objects.parquet", ".objects.csv": "objects.csv"}  # published from the cache entry when it has them
 RECORD_FORMAT = "aiod-record/1"
 MODES = ("copy", "copyNoFollow", "symlink", "link")
 TMP_PREFIX = ".aiod-partial-"
@@ -167,11 +168,15 @@ def publish(*, outdir: Path, sample_id: str, labels: Path, record: dict, mode: s
             staged[".ome.zarr"] = _stage(paths[".ome.zarr"], lambda tmp: _put_tree(Path(labels), tmp, mode))
         if tiff_writer is not None:
             staged[".tif"] = _stage(paths[".tif"], tiff_writer)
+        for suffix, name in TABLES.items():  # small: copied whatever the mode
+            if (Path(labels).parent / name).is_file():
+                staged[suffix] = _stage(paths[suffix], lambda tmp, src=Path(labels).parent / name: shutil.copyfile(src, tmp))
         published = {suffix: str(paths[suffix]) for suffix in (".ome.zarr", *staged)}
         record = {"format": RECORD_FORMAT, **record, "published": published}
         staged[".json"] = _stage(paths[".json"], lambda tmp: tmp.write_text(json.dumps(record, indent=2)))
-        if ".tif" not in staged and (paths[".tif"].is_symlink() or paths[".tif"].exists()):
-            _remove(paths[".tif"])  # an earlier run's TIFF (foreign() let it pass) must not sit beside this result
+        for suffix in (".tif", *TABLES):  # an earlier run's (foreign() let it pass) must not sit beside this result
+            if suffix not in staged and (paths[suffix].is_symlink() or paths[suffix].exists()):
+                _remove(paths[suffix])
         for suffix in SUFFIXES:  # everything is written: now only renames, the record last
             if suffix in staged:
                 _swap_in(staged.pop(suffix), paths[suffix])

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
 
-from .. import RESULT_FORMAT_VERSION, __version__, claims, merge, ngff, planner, substack_labels
+from .. import RESULT_FORMAT_VERSION, __version__, claims, imageio, measure, merge, ngff, planner, substack_labels, tables
 from ..errors import AiodError
 from . import JOB_FORMAT, MERGE_SETTINGS, label_name, log
 
@@ -47,12 +48,25 @@ def write_result(job: dict, substacks: list[Path], out: Path) -> dict:
     root = out / "labels.ome.zarr"
     scale = job["image"]["scale"]
     started = time.time()
-    stats = merge.merge_substacks(
-        the_plan, substacks,
-        lambda dtype: ngff.create_labels(root, name, the_plan.spatial_shape, the_plan.spatial_axes, dtype, scale=scale),
-        link_threshold=job["merge"]["link_threshold"],
-    )
+    with contextlib.ExitStack() as stack:
+        # the object table, from every output block as it is written, with the image's same box
+        image = (stack.enter_context(imageio.open_image(Path(job["image"]["path"]), axes=job["image"].get("declared_axes")))
+                 if job["image"].get("path") else None)
+        objects = measure.ObjectStats(the_plan.spatial_axes, shape=the_plan.spatial_shape, scale=scale,
+                                      n_channels=image.n_channels if image else 0, source=str(out))
+        objects.meta.update(id=job["id"], image=job["image"].get("path"), labels=name)
+
+        def measure_block(block, piece):
+            objects.add(block, image.read(piece) if image else None, offset=tuple(p.start for p in piece))
+
+        stats = merge.merge_substacks(
+            the_plan, substacks,
+            lambda dtype: ngff.create_labels(root, name, the_plan.spatial_shape, the_plan.spatial_axes, dtype, scale=scale),
+            link_threshold=job["merge"]["link_threshold"], on_block=measure_block,
+        )
     levels = ngff.finish_labels(root, name)
+    table = objects.finish()
+    tables.write_tables(table, out / "objects")
     merge_s = time.time() - started
     timings = {}
     for path in substacks:
@@ -64,6 +78,8 @@ def write_result(job: dict, substacks: list[Path], out: Path) -> dict:
         "plan": job["plan"], "merge": job["merge"], "prepared": job["prepared"],
         "labels": {"path": f"labels.ome.zarr/labels/{name}", "name": name, "dtype": stats.dtype, "levels": levels},
         "n_objects": stats.n_objects,
+        # one row per object: size, centroid, bounding box, intensity per channel (docs/measure.md)
+        "objects": {"parquet": "objects.parquet", "csv": "objects.csv", "rows": len(table)},
         "timings": {"substacks": timings, "merge_seconds": merge_s},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
