@@ -34,22 +34,27 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .errors import InputError
 from .tables import Table, read_table, write_tables  # noqa: F401 (the tables' API, here too)
 
+if TYPE_CHECKING:  # numpy is imported where it is used: cli.py imports this module for every command
+    import numpy as np
+
 FORMAT = "aiod-objects/1"
 DENSE_SLACK = 1 << 18  # ids may run this far ahead of the objects seen and stay dense
 GROWTH = 1.25  # dense arrays grow by this factor (or to the largest id seen)
-# statistic -> how two partial values combine (and the value of "nothing seen yet")
-COORD = np.int32  # bounding boxes: any axis up to 2**31 - 1 voxels (checked in add)
-FIELDS = {"count": (np.add, 0), "csum": (np.add, 0.0), "lo": (np.minimum, np.iinfo(COORD).max),
-          "hi": (np.maximum, -1), "isum": (np.add, 0.0), "imin": (np.minimum, np.inf), "imax": (np.maximum, -np.inf)}
+COORD, COORD_MAX = "int32", 2**31 - 1  # bounding boxes: any axis up to 2**31 - 1 voxels (checked in add)
+# statistic -> the numpy ufunc that combines two partial values, and the value of "nothing seen yet"
+# (names, not numpy objects: cli.py imports this module for every command, numpy or not)
+FIELDS = {"count": ("add", 0), "csum": ("add", 0.0), "lo": ("minimum", COORD_MAX), "hi": ("maximum", -1),
+          "isum": ("add", 0.0), "imin": ("minimum", float("inf")), "imax": ("maximum", float("-inf"))}
 
 
 def _empty(ndim: int, n_channels: int, n: int = 0) -> dict:
+    import numpy as np
+
     shapes = {"count": (), "csum": (ndim,), "lo": (ndim,), "hi": (ndim,),
               "isum": (n_channels,), "imin": (n_channels,), "imax": (n_channels,)}
     types = {"count": np.int64, "lo": COORD, "hi": COORD}
@@ -58,6 +63,8 @@ def _empty(ndim: int, n_channels: int, n: int = 0) -> dict:
 
 def _reduce(ids: np.ndarray, cols: dict) -> tuple[np.ndarray, dict]:
     """Rows with equal ids combined (FIELDS), sorted by id."""
+    import numpy as np
+
     if ids.size == 0:
         return ids, cols
     if np.any(ids[1:] < ids[:-1]):
@@ -66,10 +73,12 @@ def _reduce(ids: np.ndarray, cols: dict) -> tuple[np.ndarray, dict]:
     starts = np.flatnonzero(np.concatenate([[True], ids[1:] != ids[:-1]]))
     if len(starts) == len(ids):
         return ids, cols
-    return ids[starts], {k: FIELDS[k][0].reduceat(v, starts, axis=0) for k, v in cols.items()}
+    return ids[starts], {k: getattr(np, FIELDS[k][0]).reduceat(v, starts, axis=0) for k, v in cols.items()}
 
 
 def _merge_two(a: tuple, b: tuple) -> tuple[np.ndarray, dict]:
+    import numpy as np
+
     (ia, ca), (ib, cb) = a, b
     return _reduce(np.concatenate([ia, ib]), {k: np.concatenate([ca[k], cb[k]]) for k in ca})
 
@@ -77,6 +86,8 @@ def _merge_two(a: tuple, b: tuple) -> tuple[np.ndarray, dict]:
 def _group(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(sorted distinct ids, the index of each id among them): by marking them in a table when
     they span little (a block's ids mostly do), else by sorting."""
+    import numpy as np
+
     low = ids.min()
     span = int(ids.max()) - int(low) + 1
     if span > 4 * len(ids) + 4096:
@@ -93,6 +104,8 @@ def _group(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def block_table(labels: np.ndarray, image: np.ndarray | None = None, offset=None):
     """(sorted ids, partial statistics) of one block; `offset`: its first voxel's index in the
     whole image. `image`: same shape, or (channels, *labels.shape) as ImageSource.read gives."""
+    import numpy as np
+
     lab = np.ascontiguousarray(labels)
     ndim, flat = lab.ndim, lab.reshape(-1)
     offset = np.zeros(ndim, np.int64) if offset is None else np.asarray(offset, dtype=np.int64)
@@ -151,6 +164,8 @@ class ObjectStats:
 
     def __init__(self, axes: str = "ZYX", *, shape=None, scale=None, n_channels: int = 0,
                  n_objects: int | None = None, source: str = "labels"):
+        import numpy as np
+
         self.axes = axes.upper()
         self.ndim = len(self.axes)
         self.shape = None if shape is None else [int(n) for n in shape]
@@ -169,6 +184,8 @@ class ObjectStats:
     def add(self, labels: np.ndarray, image: np.ndarray | None = None, offset=None) -> None:
         """Add one block: `labels` (the block), `image` (the same box: shape of `labels`, or
         (n_channels, *shape) as ImageSource.read gives), `offset` (index of its first voxel)."""
+        import numpy as np
+
         labels = np.asarray(labels)
         if labels.ndim != self.ndim:
             raise InputError(f"{self.source}: a block of {labels.ndim} dimensions; the labels have axes {self.axes}")
@@ -183,7 +200,7 @@ class ObjectStats:
                                  f"{labels.shape} ({self.n_channels} channel(s)); expected {want}")
         elif self.n_channels:
             raise InputError(f"{self.source}: no image block, but the table has {self.n_channels} channel(s)")
-        if offset is not None and max(int(o) + n for o, n in zip(offset, labels.shape)) > np.iinfo(COORD).max:
+        if offset is not None and max(int(o) + n for o, n in zip(offset, labels.shape)) > COORD_MAX:
             raise InputError(f"{self.source}: a block at {tuple(offset)} lies beyond 2**31 - 1 voxels along an axis")
         ids, cols = block_table(labels, image, offset)
         if labels.dtype.kind == "i" and ids.size and ids[0] < 0:
@@ -195,6 +212,8 @@ class ObjectStats:
             self._combine(ids, cols)
 
     def _combine(self, ids: np.ndarray, cols: dict) -> None:
+        import numpy as np
+
         dense = self._dense
         if dense is not None and ids.size:
             capacity = len(dense["count"])
@@ -215,9 +234,11 @@ class ObjectStats:
         self._present += int(np.count_nonzero(self._dense["count"][index] == 0))
         for name, value in cols.items():
             target = self._dense[name]
-            target[index] = FIELDS[name][0](target[index], value)
+            target[index] = getattr(np, FIELDS[name][0])(target[index], value)
 
     def _grow(self, capacity: int) -> None:
+        import numpy as np
+
         for name, arr in self._dense.items():
             grown = np.empty((capacity, *arr.shape[1:]), dtype=arr.dtype)
             grown[: len(arr)] = arr
@@ -230,6 +251,8 @@ class ObjectStats:
         return top <= 2 * objects + DENSE_SLACK
 
     def _to_dense(self, top: int) -> None:
+        import numpy as np
+
         ids, cols = self._merged()
         self._dense = _empty(self.ndim, self.n_channels, top + 1)
         index = ids.astype(np.intp)
@@ -244,6 +267,8 @@ class ObjectStats:
 
     def _compact(self) -> tuple[np.ndarray, dict]:
         """The dense arrays as a table of the ids seen (views when every id 1..n was)."""
+        import numpy as np
+
         dense = self._dense
         count = dense["count"]
         if count.size > 1 and count[0] == 0 and np.all(count[1:] > 0):
@@ -264,6 +289,8 @@ class ObjectStats:
 
     def _merged(self) -> tuple[np.ndarray, dict]:
         """The sorted tables merged into one (and taken out)."""
+        import numpy as np
+
         parts, self._parts = self._parts, []
         while len(parts) > 1:
             parts.append(_merge_two(parts.pop(-2), parts.pop()))
@@ -279,6 +306,8 @@ class ObjectStats:
 
 
 def _table(ids, cols, stats: ObjectStats) -> Table:
+    import numpy as np
+
     axes = [a.lower() for a in stats.axes]
     scale = np.asarray(stats.scale if stats.scale is not None else [1.0] * stats.ndim)
     count = cols["count"]

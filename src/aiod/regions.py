@@ -19,13 +19,15 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .errors import InputError
 from .measure import FORMAT as OBJECTS_FORMAT
 from .measure import size_column
 from .tables import Table, read_table, write_tables
+
+if TYPE_CHECKING:  # numpy is imported where it is used: cli.py imports this module for every command
+    import numpy as np
 
 FORMAT = "aiod-regions/1"
 OUTSIDE, BACKGROUND = -1, 0  # region ids of the rows for objects outside the atlas and on 0
@@ -59,6 +61,8 @@ def parse_scale(text, ndim: int, what: str) -> tuple[float, ...] | None:
 def read_hierarchy(path) -> Hierarchy:
     """A regions CSV: id, name, acronym, parent_id (or parent_structure_id); an empty parent
     is a root. Refuses missing columns, bad or repeated ids, unknown parents and cycles."""
+    import numpy as np
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
@@ -106,6 +110,8 @@ def _int(text: str) -> int:
 def _depths(ids: np.ndarray, parent: list, path) -> np.ndarray:
     """Depth of every region (roots 0) from the row of each one's parent (-1: a root); a
     cycle of parents is refused, naming it."""
+    import numpy as np
+
     depth = [-1] * len(parent)
     for start in range(len(parent)):
         chain, on_chain, k = [], set(), start
@@ -125,6 +131,8 @@ def _depths(ids: np.ndarray, parent: list, path) -> np.ndarray:
 
 def _objects(path) -> tuple[Table, np.ndarray]:
     """The object table's voxel counts and centroids (the only columns read), and its metadata."""
+    import numpy as np
+
     meta = read_table(path, columns=[]).meta
     if meta.get("format") != OBJECTS_FORMAT:
         raise InputError(f"{path}: not an object table of `aiod measure` (no '{OBJECTS_FORMAT}' metadata)")
@@ -153,6 +161,8 @@ def _atlas_scale(atlas, meta: dict, atlas_scale, voxel_size):
 def _check_cover(atlas, meta, mask_scale, a_scale, offset) -> None:
     """Refuse an atlas whose extent misses the image's by more than one atlas voxel: the mark
     of a wrong voxel size or offset."""
+    import numpy as np
+
     shape = meta.get("shape")
     if not shape:
         return
@@ -173,6 +183,8 @@ def _span(lo, hi) -> str:
 def _scan_atlas(atlas, index: np.ndarray, inside: np.ndarray):
     """One pass over the atlas: (region ids, voxel counts) and each object's region (the
     atlas value at `index`, OUTSIDE where not `inside`)."""
+    import numpy as np
+
     from .substack_labels import SLAB_VOXELS, pieces
 
     region = np.full(len(index), OUTSIDE, np.int64)
@@ -208,6 +220,8 @@ def _scan_atlas(atlas, index: np.ndarray, inside: np.ndarray):
 
 
 def _sum_by_id(ids, weights):
+    import numpy as np
+
     u, inv = np.unique(ids, return_inverse=True)
     return u, np.bincount(inv.ravel(), weights=weights, minlength=len(u)).astype(weights.dtype)
 
@@ -215,6 +229,8 @@ def _sum_by_id(ids, weights):
 def count_regions(objects, atlas, *, atlas_scale=None, voxel_size=None, atlas_offset=None, regions=None,
                   partial_atlas: bool = False) -> Table:
     """The region table of an object table (`aiod measure`'s Parquet) in `atlas` (docs/measure.md)."""
+    import numpy as np
+
     from .imageio import open_image
 
     hierarchy = read_hierarchy(regions) if regions is not None else None
@@ -246,6 +262,8 @@ def count_regions(objects, atlas, *, atlas_scale=None, voxel_size=None, atlas_of
 def _rows(region_ids, region_um, region, size, hierarchy: Hierarchy | None, ndim: int) -> Table:
     """One row per region (of the hierarchy, of the atlas, or holding objects), after the
     'outside atlas' and 'background (0)' rows; the totals roll up to every ancestor."""
+    import numpy as np
+
     h = hierarchy or Hierarchy(np.zeros(0, np.int64), [], [], np.zeros(0, np.int64))
     extra = np.setdiff1d(np.union1d(region_ids, region), np.concatenate([h.ids, [OUTSIDE, BACKGROUND]]))
     ids = np.concatenate([[OUTSIDE, BACKGROUND], h.ids[h.ids != BACKGROUND], extra]).astype(np.int64)
@@ -287,6 +305,8 @@ def _rows(region_ids, region_um, region, size, hierarchy: Hierarchy | None, ndim
 
 
 def _cli(a) -> None:
+    import numpy as np
+
     table = count_regions(Path(a.objects), Path(a.atlas), atlas_scale=a.atlas_scale, voxel_size=a.voxel_size,
                           atlas_offset=a.atlas_offset, regions=Path(a.regions) if a.regions else None,
                           partial_atlas=a.partial_atlas)

@@ -2,8 +2,8 @@
 
 A `Table` is named, equal-length numpy columns plus metadata; `write_tables` writes both files
 a slice of rows at a time, under temporary names renamed when both are complete, with the
-metadata as the Parquet file's "aiod" key (JSON). pyarrow is imported only here, when a table
-is written or read: the command line, which every pipeline step imports, stays light.
+metadata as the Parquet file's "aiod" key (JSON). numpy and pyarrow are imported only when a
+table is written or read: the command line, which every pipeline step imports, stays light.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from .errors import InputError
 
@@ -35,6 +33,7 @@ class Table:
 def _arrow(col):
     """A numpy column as an Arrow array, built from its buffers: `pa.array` imports pandas
     where it is installed (1.5 s and 50 MB). NaN, and masked entries, become nulls."""
+    import numpy as np
     import pyarrow as pa
 
     data = np.ma.getdata(col)
