@@ -13,6 +13,7 @@ include { SEGMENT       } from './modules/local/segment'
 include { MERGE         } from './modules/local/merge'
 include { FINALIZE      } from './modules/local/finalize'
 include { EVALUATE      } from './modules/local/evaluate'
+include { COUNT         } from './modules/local/count'
 include { COMPARE       } from './modules/local/compare'
 
 // A digest of some files (names relative to `base`, and contents). Nextflow hashes the bin/
@@ -128,6 +129,9 @@ workflow {
         error("AIOD ERROR: --models names every model with its version, task and parameters: use it without --model, --model_version, --task and --model_params")
     }
     request_file = params.models ? (params.models.trim() ==~ /(?i).*\.(ya?ml|json)/ ? file(params.models.trim()) : []) : (params.model_params ? file(params.model_params) : [])
+    if (params.regions && !file(params.regions).exists()) {
+        error("AIOD ERROR: --regions ${params.regions}: file not found")
+    }
     if (request_file && !request_file.exists()) {
         error("AIOD ERROR: --${params.models ? 'models' : 'model_params'} ${params.models ?: params.model_params}: file not found")
     }
@@ -155,7 +159,7 @@ workflow {
     // [samplesheet, its absolute path]: [images.csv, '/data/images.csv']; the folders the models publish in
     CHECK_INPUT(channel.of([samplesheet, samplesheet.toAbsolutePath().toString()]),
                 ch_resolved.fetch.mix(ch_resolved.ready).map { model, spec -> model.subdir }.toSortedList(), code.CHECK_INPUT)
-    ch_samples = CHECK_INPUT.out.samples.splitCsv(header: true)
+    ch_samples = CHECK_INPUT.out.samples.splitCsv(header: true, quote: '"')
 
     // [model, plan batch, [meta...], [image...], model spec]: [model, 0, [[id: 'field1', axes: 'YX', channel: '', image: '/data/field1.tif'], ...], [...], spec]
     // CHECK_INPUT numbers the PLAN task of each image (aiod.batches): many small images share one
@@ -221,6 +225,19 @@ workflow {
         .map { model, scored -> [model] + scored.transpose() }
     EVALUATE(ch_to_score, code.EVALUATE)
 
+    // [model, [id...], [[atlas_scale, voxel_size]...], [atlas...], [record...]]: the results of one FINALIZE task whose
+    // image has an atlas, counted per region together (from the object table cached with each result)
+    ch_atlas = ch_samples.filter { row -> row.atlas }.map { row -> [row.id, [row.atlas, row.atlas_scale ?: '', row.voxel_size ?: '']] }
+        .toList().map { pairs -> pairs.collectEntries() }
+    ch_to_count = FINALIZE.out.records
+        .combine(ch_atlas)
+        .map { model, ids, records, atlas -> [model, asList(records).findAll { r -> atlas[r.baseName] }.collect { r ->
+            def a = atlas[r.baseName]
+            [r.baseName, [a[1], a[2]], file(a[0]), r] }] }
+        .filter { model, counted -> counted }
+        .map { model, counted -> [model] + counted.transpose() }
+    COUNT(ch_to_count, params.regions ? file(params.regions) : [], code.COUNT)
+
     // once, when every result is published: the comparison table, the scores and the report
     COMPARE(ch_records.map { model, record -> record }.collect(sort: { a, b -> a.toString() <=> b.toString() }).ifEmpty([]),
             EVALUATE.out.scores.flatMap { model, scores -> asList(scores) }.collect().ifEmpty([]),
@@ -231,6 +248,10 @@ workflow {
         .toSortedList { a, b -> (a.model_label <=> b.model_label) ?: (a.id <=> b.id) }
         .subscribe { records -> if (records) { log.info(summaryText(records, params.outdir)) } }
     COMPARE.out.table.subscribe { table -> log.info('\nAIoD comparison\n' + table.text) }
+    COUNT.out.counted
+        .flatMap { model, ids -> ids.collect { id -> "${params.outdir}/${model.subdir ? model.subdir + '/' : ''}${id}.regions.csv" } }
+        .toSortedList()
+        .subscribe { paths -> if (paths) { log.info("\nAIoD region tables (objects per atlas region, docs/measure.md)\n  " + paths.join('\n  ')) } }
 
     workflow.onComplete = {
         if (workflow.success) {
@@ -264,6 +285,7 @@ def summaryText(List records, String outdir) {
         def where = several ? "${outdir}/${r.model_label}/${r.id}.ome.zarr" : "${outdir}/${r.id}.ome.zarr"
         lines << String.format('  %-20s %-9s %10s  %s', r.id, r.cache_hit ? 'cache' : 'computed', r.n_objects == null ? '-' : r.n_objects, where)
     }
+    lines << "  beside each mask its object table: <id>.objects.csv (.parquet), one row per object"
     def computed = records.count { r -> !r.cache_hit }
     def what = several ? "${records.size()} result(s) of ${records*.id.unique().size()} image(s) x ${records*.model_label.unique().size()} models" : "${records.size()} image(s)"
     lines << "  ${what}: ${computed} computed, ${records.size() - computed} from the cache"

@@ -9,7 +9,7 @@ import tifffile
 from aiod.errors import InputError, SamplesheetError
 from aiod.samplesheet import check_samples, read_samplesheet, write_checked
 
-EXPECTED = "expected columns: id, image, axes, channel, ground_truth"
+EXPECTED = "expected columns: id, image, axes, channel, ground_truth, atlas, atlas_scale, voxel_size"
 
 
 @pytest.fixture
@@ -59,13 +59,15 @@ def test_happy_path_reads_resolves_and_writes_the_normalized_csv(folder):
     with open(folder / "samples.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["id", "image", "axes", "channel", "ground_truth", "spatial_shape",
-                             "canonical_axes", "plan_batch"]
+                             "canonical_axes", "plan_batch", "atlas", "atlas_scale", "voxel_size"]
     assert rows[0] == {"id": "a", "image": str(folder / "img" / "a.tif"), "axes": "YX",
                        "channel": "", "ground_truth": str(folder / "img" / "gt.tif"),
-                       "spatial_shape": "32x48", "canonical_axes": "YX", "plan_batch": "0"}
+                       "spatial_shape": "32x48", "canonical_axes": "YX", "plan_batch": "0",
+                       "atlas": "", "atlas_scale": "", "voxel_size": ""}
     assert rows[1] == {"id": "vol-1.b", "image": str(folder / "img" / "vol.tif"),
                        "axes": "ZCYX", "channel": "1", "ground_truth": "",
-                       "spatial_shape": "4x32x48", "canonical_axes": "CZYX", "plan_batch": "0"}
+                       "spatial_shape": "4x32x48", "canonical_axes": "CZYX", "plan_batch": "0",
+                       "atlas": "", "atlas_scale": "", "voxel_size": ""}
 
 
 def test_columns_may_come_in_any_order_and_optional_ones_may_be_missing(folder):
@@ -95,7 +97,7 @@ def test_stub_mode_checks_without_opening_images(folder):
 def test_empty_file(folder):
     path = sheet(folder, "")
     assert error_of(path) == (f"{path}: the file is empty; expected a header line with "
-                              "columns: id, image, axes, channel, ground_truth")
+                              "columns: id, image, axes, channel, ground_truth, atlas, atlas_scale, voxel_size")
 
 
 def test_unknown_column_suggests_the_closest(folder):

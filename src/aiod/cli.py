@@ -122,6 +122,9 @@ def _check_input(a):
         for subdir in dict.fromkeys((a.subdirs or "").split(",")):  # '': --outdir itself (one model)
             check_targets(rows, Path(a.outdir).absolute() / subdir, Path(a.root_dir).absolute() if a.root_dir else None)
         check_run_files(Path(a.outdir).absolute(), rows)
+    if a.regions:
+        from .regions import read_hierarchy
+        read_hierarchy(Path(a.regions))  # its columns, ids and parents, before any work
     checked = samplesheet.check_samples(samples, open_images=not a.no_open)
     samplesheet.write_checked(checked, Path(a.out))
     print(f"[aiod] {a.samplesheet}: {len(checked)} image(s) checked")
@@ -219,6 +222,28 @@ def _score(a):
         print(f"{label} {sample_id}: F1@0.5 {half['f1']:.3f} ({half['tp']} matched, {half['fp']} false, {half['fn']} missed)")
 
 
+def _count_step(a):
+    """COUNT: each (id, record, atlas, atlas_scale, voxel_size) row of --items counted per region
+    into <outdir>/<id>.regions.parquet/.csv, from the object table its cache entry holds (made
+    here, from the mask and the image, for an entry cached before results carried one)."""
+    from . import measure, publish, regions, tables
+    outdir = Path(a.outdir)
+    for line in Path(a.items).read_text().splitlines():
+        sample_id, record_path, atlas, atlas_scale, voxel_size = line.split("\t")
+        record = json.loads(Path(record_path).read_text())
+        objects = Path(record["cache_entry"]) / "objects.parquet"
+        if not objects.is_file():
+            table = measure.measure_result(Path(record["cache_entry"]) / "labels.ome.zarr", record["image"])
+            objects = tables.write_tables(table, Path(f"{sample_id}.objects"))[0]
+        table = regions.count_regions(objects, Path(atlas), atlas_scale=atlas_scale or None, voxel_size=voxel_size or None,
+                                      regions=Path(a.regions) if a.regions else None)
+        publish.check_region_tables(outdir, sample_id)
+        parquet, csv_path = tables.write_tables(table, outdir / f"{sample_id}.regions", inputs=(atlas, record["image"]))
+        c = table.columns
+        print(f"{sample_id}: {table.meta['n_objects']} objects in {int((c['objects_self'][2:] > 0).sum())} region(s), "
+              f"{int(c['objects'][1])} on background, {int(c['objects'][0])} outside the atlas -> {csv_path}")
+
+
 def _compare(a):
     from . import compare, report
     from .errors import InputError
@@ -288,6 +313,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--source", help="the samplesheet's original path, named in messages (relative image paths start from its folder)")
     s.add_argument("--no-open", action="store_true", help="check the CSV only, do not open images")
     s.add_argument("--outdir", help="where results will be published: refuse results that would touch an input or a file AIoD did not write")
+    s.add_argument("--regions", help="the regions' hierarchy (--regions): checked before any work")
     s.add_argument("--subdirs", default="", help="comma-separated folders under --outdir that models publish in ('': --outdir)")
     s.add_argument("--root-dir", help="the cache's root: refused inside an input")
     s.add_argument("--out", required=True)
@@ -376,6 +402,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--items", required=True, help="TSV: model label, id, ground truth, the result's record")
     s.add_argument("--out", required=True, help="folder: <k>.json for row k")
     s.set_defaults(func=_score)
+
+    s = sub.add_parser("count-results", help="count each result's objects per atlas region (the pipeline's COUNT)")
+    s.add_argument("--items", required=True, help="TSV: id, the result's record, atlas, atlas_scale, voxel_size")
+    s.add_argument("--outdir", required=True, help="where <id>.regions.parquet/.csv go")
+    s.add_argument("--regions", help="the regions' hierarchy (CSV: id, name, acronym, parent_id)")
+    s.set_defaults(func=_count_step)
 
     s = sub.add_parser("compare", help="one table of a run's models (docs/compare.md), its scores and the HTML report")
     s.add_argument("--results", help="a published outdir: compare every result published there, and write into it")

@@ -89,7 +89,7 @@ def check_targets(ids_and_inputs: list[tuple[str, list[Path], str]], outdir: Pat
         for parent in real.parents:
             holding.setdefault(parent, (p, where))
     for sample_id, _, where in ids_and_inputs:
-        for target in targets(outdir, sample_id).values():
+        for target in [*targets(outdir, sample_id).values(), *(outdir / f"{sample_id}{s}" for s in REGION_SUFFIXES)]:
             how = _touches(_real(target), real_inputs, holding)
             if how:
                 verb, (p, p_where) = how
@@ -99,6 +99,36 @@ def check_targets(ids_and_inputs: list[tuple[str, list[Path], str]], outdir: Pat
         if other is not None:
             raise AiodError(f"{where}: '{other}' already exists and is not a result AIoD published; it is never "
                             "overwritten: move it away, or choose another --outdir or another id")
+        try:
+            check_region_tables(outdir, sample_id)
+        except AiodError as exc:
+            raise AiodError(f"{where}: {exc}") from None
+
+
+REGION_SUFFIXES = (".regions.parquet", ".regions.csv")  # COUNT's, beside the result (not in the record)
+
+
+def check_region_tables(outdir: Path, sample_id: str) -> None:
+    """Refuse region tables that would replace files AIoD did not write."""
+    for suffix in REGION_SUFFIXES:
+        path = Path(outdir) / f"{sample_id}{suffix}"
+        if (path.is_symlink() or path.exists()) and not _our_table(path):
+            raise AiodError(f"'{path}' already exists and is not a table AIoD wrote; it is never overwritten: move it "
+                            "away, or choose another --outdir or another id")
+
+
+def _our_table(path: Path) -> bool:
+    """A table that aiod.tables wrote (its Parquet carries AIoD's metadata; a CSV counts when
+    its Parquet beside it does)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    if path.suffix == ".csv":
+        return _our_table(path.with_suffix(".parquet"))
+    try:
+        import pyarrow.parquet as pq
+        return b"aiod" in (pq.read_schema(path).metadata or {})
+    except Exception:  # not a Parquet file at all
+        return False
 
 
 RUN_FILES = ("comparison.json", "comparison.csv", "evaluation.json", "evaluation.csv", "report.html")

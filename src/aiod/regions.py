@@ -176,6 +176,29 @@ def _check_cover(atlas, meta, mask_scale, a_scale, offset) -> None:
                          "--partial-atlas to count what lies outside as 'outside atlas'")
 
 
+def check_atlas(atlas, shape, scale, *, atlas_scale=None, voxel_size=None, where: str = "atlas") -> None:
+    """Refuse, before any work, an atlas that cannot count the objects of an image of `shape`
+    (voxel size `scale`, or `voxel_size`): not an integer label image, other axes, no voxel size
+    to place it, or an extent that misses the image's."""
+    from .imageio import open_image
+
+    ndim = len(shape)
+    try:
+        atlas_scale = parse_scale(atlas_scale or None, ndim, "atlas_scale")
+        voxel_size = parse_scale(voxel_size or None, ndim, "voxel_size")
+        with open_image(Path(atlas)) as source:
+            if source.dtype.kind not in "ui":
+                raise InputError(f"{atlas}: atlas pixels are {source.dtype}; expected an integer label image of region ids")
+            if source.n_channels != 1 or len(source.spatial_axes) != ndim:
+                raise InputError(f"{atlas}: atlas axes {source.axes} (shape {source.shape}); expected one channel and "
+                                 f"{ndim} spatial axes like the image's")
+            meta = {"shape": list(shape), "scale": list(scale) if scale else None}
+            mask_scale, a_scale = _atlas_scale(source, meta, atlas_scale, voxel_size)
+            _check_cover(source, meta, mask_scale, a_scale, (0.0,) * ndim)
+    except InputError as exc:
+        raise InputError(f"{where}: {exc}") from None
+
+
 def _span(lo, hi) -> str:
     return " x ".join(f"[{a:g}, {b:g})" for a, b in zip(lo, hi))
 

@@ -7,6 +7,10 @@ Columns (header on line 1, any order):
     axes          optional; stored axis order, e.g. ZYX, CZYX, YXC (see aiod.imageio)
     channel       optional; integer >= 0: the channel to segment (needed when C > 1)
     ground_truth  optional; path to a label image with the image's spatial shape
+    atlas         optional; path to a label image of region ids registered to the image, at any
+                  resolution: each result's objects are counted per region (docs/measure.md)
+    atlas_scale   optional; the atlas' voxel size, e.g. 25,25,25 (µm; default: its metadata's)
+    voxel_size    optional; the image's voxel size, e.g. 2,0.65,0.65 (default: its metadata's)
 
 Empty optional cells mean "not given". Every error is one line naming the samplesheet, the line
 (as a person counts: the header is line 1) and the column.
@@ -27,10 +31,10 @@ from .batches import plan_groups
 from .errors import InputError, SamplesheetError
 from .imageio import check_axes, open_image
 
-COLUMNS = ("id", "image", "axes", "channel", "ground_truth")
+COLUMNS = ("id", "image", "axes", "channel", "ground_truth", "atlas", "atlas_scale", "voxel_size")
 REQUIRED = ("id", "image")
 CHECKED_COLUMNS = ("id", "image", "axes", "channel", "ground_truth", "spatial_shape",
-                   "canonical_axes", "plan_batch")
+                   "canonical_axes", "plan_batch", "atlas", "atlas_scale", "voxel_size")
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 
 
@@ -44,6 +48,9 @@ class Sample(BaseModel):
     axes: str | None = None
     channel: int | None = None
     ground_truth: Path | None = None
+    atlas: Path | None = None
+    atlas_scale: str | None = None
+    voxel_size: str | None = None
     source: str | None = Field(default=None, exclude=True)
     line: int | None = Field(default=None, exclude=True)
 
@@ -70,7 +77,20 @@ class Sample(BaseModel):
             raise ValueError(f"'{text}' is not an integer >= 0 (channels are numbered from 0)")
         return int(text)
 
-    @field_validator("ground_truth", mode="before")
+    @field_validator("atlas_scale", "voxel_size", mode="before")
+    @classmethod
+    def _sizes(cls, v):
+        if v is None or str(v).strip() == "":
+            return None
+        parts = str(v).replace(" ", "").split(",")
+        try:
+            if all(float(p) > 0 for p in parts) and len(parts) in (2, 3):
+                return ",".join(parts)
+        except ValueError:
+            pass
+        raise ValueError(f"'{v}': expected a voxel size per spatial axis, positive numbers such as 2,0.65,0.65 (µm)")
+
+    @field_validator("ground_truth", "atlas", mode="before")
     @classmethod
     def _optional_path(cls, v):
         return None if v is None or str(v).strip() == "" else v
@@ -165,8 +185,9 @@ def read_samplesheet(path, base_dir=None) -> list[Sample]:
                                    f"used on line {first_line[sample.id]}; ids must be unique")
         first_line[sample.id] = line
         resolved = {"image": base / sample.image}
-        if sample.ground_truth is not None:
-            resolved["ground_truth"] = base / sample.ground_truth
+        for column in ("ground_truth", "atlas"):
+            if getattr(sample, column) is not None:
+                resolved[column] = base / getattr(sample, column)
         samples.append(sample.model_copy(update=resolved))
     if not samples:
         raise SamplesheetError(f"{path}: has a header but no samples; add one line per image")
@@ -194,6 +215,10 @@ def _check_one(s: Sample) -> CheckedSample:
                              f"segment (0..{n - 1})")
         checked = CheckedSample(s, s.image.resolve(), None, src.axes, src.source_axes,
                                 src.spatial_shape, n)
+        if s.atlas is not None:
+            from .regions import check_atlas
+            check_atlas(s.atlas, src.spatial_shape, src.scale, atlas_scale=s.atlas_scale, voxel_size=s.voxel_size,
+                        where=_where(sheet, line, "atlas"))
     if s.ground_truth is None:
         return checked
     try:
@@ -240,12 +265,14 @@ def write_checked(checked: list[CheckedSample], out_csv) -> None:
             w.writerow([c.sample.id, str(c.image), c.source_axes or c.sample.axes or "",
                         "" if c.sample.channel is None else c.sample.channel,
                         "" if c.ground_truth is None else str(c.ground_truth),
-                        _dims(c.spatial_shape or ()), c.axes or "", group])
+                        _dims(c.spatial_shape or ()), c.axes or "", group,
+                        "" if c.sample.atlas is None else str(c.sample.atlas.resolve()),
+                        c.sample.atlas_scale or "", c.sample.voxel_size or ""])
 
 
 
 def inputs_by_row(samples: list[Sample]) -> list[tuple[str, list[Path], str]]:
     """(id, the row's input paths, where the row is) per sample: what a run must never touch
     (aiod.publish.check_targets)."""
-    return [(s.id, [p for p in (s.image, s.ground_truth) if p is not None], _where(s.source, s.line, "id"))
+    return [(s.id, [p for p in (s.image, s.ground_truth, s.atlas) if p is not None], _where(s.source, s.line, "id"))
             for s in samples]

@@ -22,17 +22,18 @@ MAP_FILE = PACKAGE / "step_sources.json"
 STEPS: dict[str, list[str]] = {
     "RESOLVE_MODEL": ["models/__init__.py", "model_list.py"],
     "FETCH_ARTIFACTS": ["artifacts.py"],
-    "CHECK_INPUT": ["samplesheet.py", "publish.py"],
+    "CHECK_INPUT": ["samplesheet.py", "publish.py", "regions.py"],
     "PLAN": ["steps/plan.py", "models/*.py"],
     "SEGMENT": ["steps/segment.py", "models/*.py"],
     "MERGE": ["steps/merge.py"],
     "FINALIZE": ["steps/finalize.py"],
     "EVALUATE": ["evaluate.py"],
+    "COUNT": ["regions.py", "measure.py", "publish.py", "tables.py"],
     "COMPARE": ["compare.py", "report.py"],
 }
 # Every step's door: the command line (its imports are per subcommand, inside functions, so it
 # is listed as a file but not followed) and what it imports at module level.
-COMMON = ["__init__.py", "cli.py", "diskspace.py", "errors.py", "report.py"]
+COMMON = ["__init__.py", "cli.py", "diskspace.py", "errors.py", "measure.py", "regions.py", "report.py", "tables.py"]
 
 
 def step_sources() -> dict[str, list[str]]:
