@@ -241,6 +241,7 @@ workflow {
     // once, when every result is published: the comparison table, the scores and the report
     COMPARE(ch_records.map { model, record -> record }.collect(sort: { a, b -> a.toString() <=> b.toString() }).ifEmpty([]),
             EVALUATE.out.scores.flatMap { model, scores -> asList(scores) }.collect().ifEmpty([]),
+            COUNT.out.counted.map { model, ids -> ids.size() }.sum().ifEmpty(0),
             runInfo(), code.COMPARE)
 
     ch_records

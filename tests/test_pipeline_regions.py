@@ -67,6 +67,8 @@ def test_objects_counted_per_region_once_and_a_new_atlas_recounts_without_segmen
     assert int(rows[1]["objects"]) == n == want[10][0] + want[20][0]  # the parent holds both, each object once
     assert int(rows[-1]["objects"]) == int(rows[0]["objects"]) == 0
     assert sum(1 for _ in open(tmp_path / "results" / "volume.objects.csv")) == n + 1  # header + one row per object
+    page = (tmp_path / "results" / "report.html").read_text()
+    assert "Objects per atlas region" in page and 'alt="top regions by density: volume' in page
 
     # another atlas: the mask and its object table come from the cache, only the regions are new
     tifffile.imwrite(tmp_path / "atlas.tif", atlas_halves(0))

@@ -305,3 +305,28 @@ def run_facts(run: dict | None, found: list[Result]) -> list[tuple[str, str]]:
         if versions:
             run["pipeline_version"] = ", ".join(versions) + " (aiod, from the records)"
     return [(name, str(run[key])) for key, name in RUN_FIELDS if run.get(key) not in (None, "")]
+
+
+def region_tables(found: list[Result], limit: int = 8) -> list[dict]:
+    """The region tables COUNT published beside the masks (<id>.regions.csv): per table, its
+    regions with a density (the rows for objects outside the atlas or on 0 left out)."""
+    import math
+
+    out = []
+    for r in found:
+        published = (r.record.get("published") or {}).get(".ome.zarr")
+        path = Path(published).parent / f"{r.id}.regions.csv" if published else None
+        if path is None or not path.is_file() or len(out) >= limit:
+            continue
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        column = next((c for c in (rows[0] if rows else {}) if c.startswith("density_per_")), None)
+        if column is None:
+            continue
+        regions = [{"name": row["acronym"] or row["name"] or row["region_id"], "objects": int(row["objects"]),
+                    "density": float(row[column])}
+                   for row in rows if int(row["region_id"]) > 0 and row[column] not in ("", "nan")
+                   and math.isfinite(float(row[column]))]
+        out.append({"id": r.id, "label": r.label, "path": str(path), "regions": regions,
+                    "unit": column.removeprefix("density_per_").replace("mm3", "mm³").replace("mm2", "mm²")})
+    return out

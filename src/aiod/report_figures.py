@@ -234,6 +234,20 @@ def size_histogram(sizes: dict[str, np.ndarray], truth: np.ndarray | None) -> st
     return _uri(fig)
 
 
+def region_bars(rows: list[dict], unit: str, top: int = 15) -> str | None:
+    """The `top` regions by density (objects per mm³, or mm² in 2D) as horizontal bars."""
+    rows = sorted(rows, key=lambda r: -r["density"])[:top]
+    if not rows:
+        return None
+    fig = _figure(8, 0.6 + 0.28 * len(rows))
+    ax = fig.add_subplot()
+    ax.barh(range(len(rows)), [r["density"] for r in rows], color="#3d7fc1")
+    ax.set_yticks(range(len(rows)), [f"{r['name']} ({r['objects']})" for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"objects per {unit} (objects counted in brackets)")
+    return _uri(fig)
+
+
 def time_chart(rows: list[dict], name: str, parts: tuple[tuple[str, str], ...], memory: str | None) -> str | None:
     """Horizontal bars of seconds per row (stacked `parts`), and beside them its memory (MiB)."""
     if not rows:

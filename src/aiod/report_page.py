@@ -162,6 +162,7 @@ def context(results: Path, samplesheet: Path | None, run: dict | None, trace: Pa
         "notes": [f"{r.id} · {r.label}: {n}" for r in found for n in r.notes],
         "images": sections, "inputs": data.inputs(found, truth), "cards": data.model_cards(found, table),
         "histogram": figures.size_histogram(sizes, np.concatenate(truth_sizes) if truth_sizes else None),
+        "regions": [{**t, "chart": figures.region_bars(t["regions"], t["unit"])} for t in data.region_tables(found)],
         "timing": _timing(found, trace), "thumb_target": figures.TARGET, "max_planes": figures.MAX_PLANES,
         "count_budget": figures.COUNT_BUDGET, "metric_names": METRIC_NAMES,
     }

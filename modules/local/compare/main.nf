@@ -6,6 +6,7 @@ process COMPARE {
     input:
     path records, stageAs: 'records/?/*'    // every record of the run (FINALIZE)
     path scores, stageAs: 'scores/?/*'      // every image's scores against its ground truth (EVALUATE), or none
+    val counted                             // region tables COUNT wrote (the report shows them: it waits for them)
     val run_info                            // JSON: the command, Nextflow and pipeline versions (for the report)
     val code                                // digest of the Python files this step runs: a change reruns the task
 
