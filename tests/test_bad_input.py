@@ -106,7 +106,8 @@ def test_relative_paths_start_from_the_launch_folder_and_a_rerun_replaces_only_i
     assert "AIoD summary" in first.stdout
     assert len(cache_entries(lab / "root")) == 2                    # the shared cache, not a task's work folder
     record = json.loads((lab / "out" / "field.json").read_text())
-    assert record["format"] == "aiod-record/1" and record["published"] == {".ome.zarr": str(lab / "out" / "field.ome.zarr")}
+    assert record["format"] == "aiod-record/1" and record["published"] == {
+        suffix: str(lab / "out" / f"field{suffix}") for suffix in (".ome.zarr", ".objects.parquet", ".objects.csv")}
     assert sorted(p.name for p in (lab / "out").iterdir()) == [
         "comparison.csv", "comparison.json", "field.json", "field.objects.csv", "field.objects.parquet", "field.ome.zarr",
         "pipeline_info", "report.html", "volume.json", "volume.objects.csv", "volume.objects.parquet", "volume.ome.zarr"]
