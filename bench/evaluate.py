@@ -10,7 +10,8 @@ prediction the same cells with their walls waving in another phase, so every obj
 its twin with an IoU below 1 and its neighbours a little. Then, each in its own subprocess (peak RSS = VmHWM of that process, wall time
 of the work only):
 
-- read:     every block of both volumes read once, in the blocks the scoring reads (the floor);
+- read:     every block of both volumes read once, in the blocks the scoring reads, by as many
+            threads as the scoring uses (the floor);
 - evaluate: what `aiod evaluate` computes for one image: the contingency table, matching at
             IoU 0.5..0.95, foreground Dice, split and fused objects.
 
@@ -67,11 +68,12 @@ def do_read(workdir: Path):
     gt = zarr.open_array(str(workdir / "gt.zarr"), mode="r")
     pred = zarr.open_array(str(workdir / "pred.zarr"), mode="r")
     block = metrics._block_shape(gt)
-    total = 0
-    for corner in itertools.product(*(range(0, s, b) for s, b in zip(gt.shape, block))):
-        sl = tuple(slice(c, c + b) for c, b in zip(corner, block))
-        total += int(np.asarray(gt[sl]).size) + int(np.asarray(pred[sl]).size)
-    return {"voxels_read": total}
+    boxes = (tuple(slice(c, c + b) for c, b in zip(corner, block))
+             for corner in itertools.product(*(range(0, s, b) for s, b in zip(gt.shape, block))))
+    # the same blocks, by the same number of threads as the scoring (metrics.WORKERS)
+    sizes = metrics._in_threads(lambda sl: int(np.asarray(gt[sl]).size) + int(np.asarray(pred[sl]).size), boxes,
+                                metrics.WORKERS)
+    return {"voxels_read": sum(sizes), "threads": metrics.WORKERS}
 
 
 def do_evaluate(workdir: Path):

@@ -208,3 +208,16 @@ def test_cells_that_tile_the_image_match_as_stardist_matches_them():
         assert (ours.tp, ours.fp, ours.fn) == (int(theirs.tp), int(theirs.fp), int(theirs.fn)), thresh
         assert ours.mean_matched_score == pytest.approx(float(theirs.mean_matched_score), rel=1e-6), thresh
     assert [metrics.match_labels(gt, wavy, t).tp for t in (0.5, 0.6, 0.7)] == [204, 76, 7]  # of 256 cells
+
+
+@pytest.mark.parametrize("dense_pairs, high", [(1 << 20, 50), (0, 50), (1 << 20, 1 << 40)])
+def test_pair_counts_by_counting_by_sparse_matrix_and_for_ids_spread_wide_agree_with_a_plain_count(monkeypatch, dense_pairs, high):
+    from collections import Counter
+
+    from aiod import metrics as m
+    monkeypatch.setattr(m, "DENSE_PAIRS", dense_pairs)
+    rng = np.random.default_rng(3)
+    x = np.repeat(rng.integers(0, high, 400, dtype=np.int64), rng.integers(1, 9, 400))
+    y = np.repeat(rng.integers(0, 30, len(x) // 3 + 1, dtype=np.int64), 3)[: len(x)]
+    gx, gy, counts = m.pair_counts(x, y)
+    assert Counter(dict(zip(zip(gx.tolist(), gy.tolist()), counts.tolist()))) == Counter(zip(x.tolist(), y.tolist()))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,13 +61,31 @@ def _reduce(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return uk, np.bincount(inv.ravel(), weights=counts).astype(np.int64)
 
 
+WORKERS = min(2, os.cpu_count() or 1)  # threads reading and counting blocks (contingency)
+DENSE_PAIRS = 1 << 20  # label pairs of a block counted in one array (8 MiB) rather than a sparse matrix
+
+
+def _dense_index(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct values, each value's index among them), without sorting when the values
+    span a narrow range (a block's labels do): a table of the range, not np.unique."""
+    lo, hi = int(values.min()), int(values.max())
+    if hi - lo > 4 * len(values) + (1 << 16):
+        distinct, index = np.unique(values, return_inverse=True)
+        return distinct, index.ravel()
+    seen = np.zeros(hi - lo + 1, dtype=bool)
+    seen[values - lo] = True
+    return np.flatnonzero(seen) + lo, (np.cumsum(seen) - 1)[values - lo]
+
+
 def pair_counts(x: np.ndarray, y: np.ndarray):
     """(x labels, y labels, voxel counts, all int64) of the label pairs in two flat integer arrays.
 
     Labels change rarely along a row, so the arrays are first cut into runs of one (x, y) pair,
     and the runs are summed per pair in a sparse matrix. With `contingency` summing its blocks'
     pairs now and then instead of after every block, bench/evaluate.py's 0.5 GiB pair went from
-    24.8 s (a sort of every voxel's pair) to 4.2 s."""
+    24.8 s (a sort of every voxel's pair) to 4.2 s. A block's labels span a narrow range: they
+    are indexed through a table of that range, and the runs summed per pair by counting when
+    the block's pairs fit in DENSE_PAIRS (else in a sparse matrix)."""
     if len(x) == 0:
         return x[:0], y[:0], np.zeros(0, np.int64)
     change = np.empty(len(x), dtype=bool)
@@ -76,13 +95,34 @@ def pair_counts(x: np.ndarray, y: np.ndarray):
     starts = np.flatnonzero(change)
     lengths = np.diff(np.append(starts, len(x)))
     rx, ry = x[starts].astype(np.int64), y[starts].astype(np.int64)
-    ux, uy = np.unique(rx), np.unique(ry)
+    (ux, ix), (uy, iy) = _dense_index(rx), _dense_index(ry)
+    if len(ux) * len(uy) <= DENSE_PAIRS:  # few labels in the block: sum the runs per pair by counting
+        total = np.bincount(ix * len(uy) + iy, weights=lengths, minlength=len(ux) * len(uy))
+        pairs = np.flatnonzero(total)
+        return ux[pairs // len(uy)], uy[pairs % len(uy)], total[pairs].astype(np.int64)
     # runs of one pair summed as a sparse matrix: a counting sort by row, not a sort of all runs
-    table = coo_matrix((lengths, (np.searchsorted(ux, rx), np.searchsorted(uy, ry))), shape=(len(ux), len(uy))).tocsr()
+    table = coo_matrix((lengths, (ix, iy)), shape=(len(ux), len(uy))).tocsr()
     table.sum_duplicates()
     table = table.tocoo()
     keep = table.data != 0
     return ux[table.row[keep]], uy[table.col[keep]], table.data[keep].astype(np.int64)
+
+
+def _in_threads(work, items, workers: int):
+    """work(item) for each item, in order, by `workers` threads with at most `workers` items in
+    flight (the reading and decoding of one block overlaps the counting of another; memory
+    stays a few blocks)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        running: deque = deque()
+        for item in items:
+            running.append(pool.submit(work, item))
+            if len(running) >= workers:
+                yield running.popleft().result()
+        while running:
+            yield running.popleft().result()
 
 
 def contingency(gt, pred) -> Contingency:
@@ -92,9 +132,13 @@ def contingency(gt, pred) -> Contingency:
     block = _block_shape(gt)
     keys, counts = [np.zeros((0, 2), dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
     pending = 0
-    for corner in itertools.product(*(range(0, s, b) for s, b in zip(gt.shape, block))):
-        sl = tuple(slice(c, c + b) for c, b in zip(corner, block))
-        bg, bp, bc = pair_counts(np.asarray(gt[sl]).ravel(), np.asarray(pred[sl]).ravel())
+
+    def one(sl):
+        return pair_counts(np.asarray(gt[sl]).ravel(), np.asarray(pred[sl]).ravel())
+
+    boxes = (tuple(slice(c, c + b) for c, b in zip(corner, block))
+             for corner in itertools.product(*(range(0, s, b) for s, b in zip(gt.shape, block))))
+    for bg, bp, bc in _in_threads(one, boxes, WORKERS):
         keys.append(np.stack([bg, bp], 1))
         counts.append(bc)
         pending += len(bc)
