@@ -63,10 +63,11 @@ def test_conda_file_has_the_same_packages_and_pins_as_the_pip_file(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_family_environment_holds_the_pipeline_packages_for_its_steps(family):
-    """FETCH_ARTIFACTS, PLAN and SEGMENT (bin/aiod) run inside the family's environment; the
-    report's and the tables' packages serve only steps that run in the pipeline's own."""
+    """FETCH_ARTIFACTS, PLAN and SEGMENT (bin/aiod) run inside the family's environment (SEGMENT
+    writes a one-substack image's result and object table); the report's packages serve only
+    steps that run in the pipeline's own."""
     family_packages = {name(r) for r in requirement_lines(ENVS / f"{family}.txt")}
-    own_steps_only = {"jinja2", "matplotlib", "pyarrow"}
+    own_steps_only = {"jinja2", "matplotlib"}
     assert {name(r) for r in requirement_lines(ENVS / "classical.txt")} - own_steps_only <= family_packages
 
 

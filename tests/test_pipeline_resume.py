@@ -101,7 +101,8 @@ def edit(path):
 
 
 def test_resume_reruns_exactly_the_tasks_whose_code_changed_and_never_for_resources(tmp_path, sheet, project_copy):
-    """One project copy, five runs: a site config changing resources and queue reruns nothing; an
+    """One project copy, five runs: a site config changing resources and queue reruns nothing (but
+    the closing COMPARE, which every run makes anew); an
     edited Python source reruns exactly the tasks that run it; and the result cache is keyed by
     what a result is, not by the code (a change that changes results bumps RESULT_FORMAT_VERSION,
     src/aiod/__init__.py), so an edit with the cache intact segments nothing."""
@@ -112,14 +113,17 @@ def test_resume_reruns_exactly_the_tasks_whose_code_changed_and_never_for_resour
         "  withLabel: 'cpu_small' { cpus = 2; memory = 1.5.GB; time = 2.h }\n}\n")
     run_pipeline(tmp_path, "-c", str(tmp_path / "site.config"), *common, "--trace_report_suffix", "b",
                  project=project_copy, resume=True)
-    assert {r["status"] for r in trace_rows(tmp_path / "results", "b")} == {"CACHED"}
+    # every task reused; COMPARE always runs: the report names the command of the run that made it
+    assert statuses(trace_rows(tmp_path / "results", "b")) == {
+        "RESOLVE_MODEL": {"CACHED"}, "CHECK_INPUT": {"CACHED"}, "PLAN": {"CACHED"}, "SEGMENT": {"CACHED"},
+        "MERGE": {"CACHED"}, "FINALIZE": {"CACHED"}, "COMPARE": {"COMPLETED"}}
 
     shutil.rmtree(tmp_path / "root" / "aiod_cache")  # so that a rerun PLAN has to segment again
     edit(project_copy / "src" / "aiod" / "steps" / "finalize.py")  # only the publishing step runs it
     run_pipeline(tmp_path, *common, "--trace_report_suffix", "c", project=project_copy, resume=True)
     assert statuses(trace_rows(tmp_path / "results", "c")) == {
         "RESOLVE_MODEL": {"CACHED"}, "CHECK_INPUT": {"CACHED"}, "PLAN": {"CACHED"}, "SEGMENT": {"CACHED"},
-        "MERGE": {"CACHED"}, "FINALIZE": {"COMPLETED"}}
+        "MERGE": {"CACHED"}, "FINALIZE": {"COMPLETED"}, "COMPARE": {"COMPLETED"}}
 
     edit(project_copy / "src" / "aiod" / "models" / "classical.py")  # planning and segmenting run it
     run_pipeline(tmp_path, *common, "--trace_report_suffix", "d", project=project_copy, resume=True)
@@ -133,5 +137,5 @@ def test_resume_reruns_exactly_the_tasks_whose_code_changed_and_never_for_resour
     rows = trace_rows(tmp_path / "results", "e")
     assert statuses(rows) == {
         "RESOLVE_MODEL": {"CACHED"}, "CHECK_INPUT": {"CACHED"}, "PLAN": {"COMPLETED"}, "SEGMENT": {"COMPLETED"},
-        "MERGE": {"COMPLETED"}, "FINALIZE": {"COMPLETED"}}
+        "MERGE": {"COMPLETED"}, "FINALIZE": {"COMPLETED"}, "COMPARE": {"COMPLETED"}}
     assert len(processes(rows, "SEGMENT")) == 1  # four small substacks: one task

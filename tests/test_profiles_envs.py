@@ -26,7 +26,7 @@ process PROBE {
     label 'gpu'
     output: stdout
     script:
-    "AIOD_FAMILY=${params.model} aiod sources > /dev/null && echo ran"
+    "AIOD_FAMILY=${params.model} aiod sources > /dev/null && echo step-\\$((40 + 2))"
 }
 workflow { PROBE() | view }
 """
@@ -92,11 +92,11 @@ def test_conda_profile_creates_one_environment_per_family_of_a_run_of_several_mo
         "#!/bin/sh\n"
         f"echo \"$@\" >> {calls}\n"
         "if [ \"$1 $2\" = 'env create' ]; then while [ $# -gt 0 ]; do [ \"$1\" = --prefix ] && mkdir -p \"$2/bin\"; shift; done; exit 0; fi\n"
-        f"if [ \"$1\" = info ]; then echo '{{\"conda_prefix\": \"{fake}\",}}'; exit 0; fi\n"
+        f"if [ \"$1\" = info ]; then printf '{{\\n  \"conda_prefix\": \"{fake}\",\\n  \"x\": 1\\n}}\\n'; exit 0; fi\n"
         "exit 0\n")
     (fake / "conda").chmod(0o755)
     (fake / "bin").mkdir()
-    (fake / "bin" / "activate").write_text("true\n")  # the environment's python is the project's own
+    (fake / "bin" / "activate").write_text(f'export PATH="{ROOT / ".venv" / "bin"}:$PATH"\n')  # stands in for each env
     import numpy as np
     import tifffile
     tifffile.imwrite(tmp_path / "img.tif", np.zeros((64, 64), np.uint16))
@@ -122,7 +122,7 @@ def test_venv_profile_runs_a_model_step_in_its_familys_environment_beside_the_gp
     built = subprocess.run([str(ROOT / "bin" / "aiod-env"), "build", "stardist"], capture_output=True, text=True)
     proc = run_probe(probe, tmp_path, "local,venv", "stardist")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "ran" in proc.stdout
+    assert "step-42" in proc.stdout
     logs = [p.read_text() for p in (tmp_path / "root" / "work").rglob(".command.err")]
     assert any(f"aiod: python {built.stdout.strip().splitlines()[-1]}" in text for text in logs), logs
 
@@ -132,4 +132,4 @@ def test_venv_profile_stops_the_task_with_aiod_envs_message_when_the_environment
     proc = run_probe(probe, tmp_path, "test,venv", "nosuchfamily")
     assert proc.returncode != 0
     assert "aiod-env: unknown family 'nosuchfamily'" in proc.stdout + proc.stderr
-    assert "ran" not in proc.stdout  # the step never ran
+    assert "step-42" not in proc.stdout  # the step never ran

@@ -119,16 +119,19 @@ def params_digest(spec: dict) -> str:
 
 
 def resolve_entries(entries: list[dict], registry_dirs=(), source: str = "--models") -> list[dict]:
-    """Each entry resolved (models.resolve) and labelled; duplicates refused."""
+    """Each entry resolved (models.resolve) and labelled; duplicates refused. Messages name the
+    entry when there is a list (`source` --models ...), else `source` alone (--model_params)."""
     from .models import resolve
     specs = []
     for entry in entries:
         name = ":".join(p for p in (entry["model"], entry["version"], entry["task"]) if p)
+        where = f"{source} entry '{name}'" if source.startswith("--models") else source
         try:
-            spec = resolve(entry["model"], entry["version"], entry["task"], entry["params"], registry_dirs, source=f"{source} entry '{name}'")
+            spec = resolve(entry["model"], entry["version"], entry["task"], entry["params"], registry_dirs, source=where)
         except ModelError as exc:
             message = str(exc)
-            raise ModelError(message if source in message else f"{source} entry '{name}': {message}") from None
+            raise ModelError(message if message.startswith(where) or not source.startswith("--models")
+                             else f"{where}: {message}") from None
         spec["label"] = entry.get("label")
         spec["entry"] = name
         specs.append(spec)
