@@ -203,3 +203,80 @@ def test_export_tiff_streams_tile_rows_when_a_plane_is_over_budget(tmp_path, mon
     monkeypatch.setattr(ngff, "EXPORT_BUDGET", 1000)  # smaller than one plane
     ngff.export_tiff(root, "cells", tmp_path / "cells.tif")
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "cells.tif"), data)
+
+
+def published_result(tmp_path, image, mode="copy", sample_id="a"):
+    """A result made apart from its image (as the pipeline caches it), published by `mode`."""
+    from aiod import publish
+    entry = tmp_path / "cache" / "entry"
+    if not entry.exists():
+        write_labels(entry / "labels.ome.zarr", "classical_nuclei", random_labels((40, 48)), "YX", (16, 16))
+        ngff.finish_labels(entry / "labels.ome.zarr", "classical_nuclei")
+    record = {"id": sample_id, "key": "k", "cache_entry": str(entry), "aiod_version": "test", "image": str(image)}
+    publish.publish(outdir=tmp_path / "results", sample_id=sample_id, labels=entry / "labels.ome.zarr", record=record,
+                    mode=mode)
+    return tmp_path / "results" / f"{sample_id}.ome.zarr"
+
+
+def ome_zarr_nodes(path):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    return list(Reader(parse_url(str(path)))())
+
+
+@pytest.mark.parametrize("mode", ["copy", "link", "symlink"])
+def test_ome_zarr_py_opens_a_published_mask_with_its_ome_zarr_image_without_warnings(tmp_path, mode, caplog):
+    image = tmp_path / "data" / "img.ome.zarr"
+    ngff.write_image(image, np.arange(40 * 48, dtype="uint16").reshape(40, 48), "YX")
+    result = published_result(tmp_path, image, mode)
+    label = zattrs(result / "labels" / "classical_nuclei")["attributes"]["ome"]["image-label"]
+    assert label["source"] == {"image": "../../../../data/img.ome.zarr"}
+    with caplog.at_level("WARNING"):
+        nodes = ome_zarr_nodes(result / "labels" / "classical_nuclei")
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("ome_zarr")] == []
+    by_path = {n.zarr.path: n for n in nodes}
+    assert set(by_path) == {str(image), str(result / "labels" / "classical_nuclei")}
+    assert np.array_equal(by_path[str(image)].data[0].compute(), np.arange(40 * 48).reshape(40, 48))
+    labels = by_path[str(result / "labels" / "classical_nuclei")]
+    assert np.array_equal(labels.data[0].compute(), random_labels((40, 48)))
+    cached = zattrs(tmp_path / "cache" / "entry" / "labels.ome.zarr" / "labels" / "classical_nuclei")
+    assert "source" not in cached["attributes"]["ome"]["image-label"]  # the shared entry names no one's image
+
+
+def test_a_published_mask_names_the_group_of_an_image_given_as_its_level_0_array(tmp_path):
+    image = tmp_path / "img.ome.zarr"
+    ngff.write_image(image, np.zeros((40, 48), "uint8"), "YX")
+    assert ngff.image_group(image / "0") == image and ngff.image_group(image) == image
+    result = published_result(tmp_path, image / "0")
+    assert zattrs(result / "labels" / "classical_nuclei")["attributes"]["ome"]["image-label"]["source"] == {
+        "image": "../../../../img.ome.zarr"}
+
+
+def test_a_mask_of_a_tiff_names_no_image_and_is_published_as_cached(tmp_path):
+    tifffile.imwrite(tmp_path / "img.tif", np.zeros((40, 48), "uint8"))
+    assert ngff.image_group(tmp_path / "img.tif") is None
+    result = published_result(tmp_path, tmp_path / "img.tif")
+    cached = tmp_path / "cache" / "entry" / "labels.ome.zarr" / "labels" / "classical_nuclei" / "zarr.json"
+    assert (result / "labels" / "classical_nuclei" / "zarr.json").read_bytes() == cached.read_bytes()
+
+
+@pytest.mark.parametrize("mode", ["copy", "link", "symlink"])
+def test_republishing_keeps_a_mask_that_names_its_image_until_the_image_moves(tmp_path, mode):
+    image = tmp_path / "data" / "img.ome.zarr"
+    ngff.write_image(image, np.zeros((40, 48), "uint8"), "YX")
+    result = published_result(tmp_path, image, mode)
+
+    def state():
+        return {p: (p.lstat().st_ino, p.lstat().st_mtime_ns) for p in sorted(result.rglob("*"))}
+
+    first = state()
+    assert published_result(tmp_path, image, mode) == result and state() == first  # nothing copied again
+    moved = tmp_path / "elsewhere" / "img.ome.zarr"
+    moved.parent.mkdir()
+    image.rename(moved)
+    published_result(tmp_path, moved, mode)
+    assert zattrs(result / "labels" / "classical_nuclei")["attributes"]["ome"]["image-label"]["source"] == {
+        "image": "../../../../elsewhere/img.ome.zarr"}
+    if mode == "link":  # the new metadata file replaced the hard link: the cache entry is as it was
+        cached = tmp_path / "cache" / "entry" / "labels.ome.zarr" / "labels" / "classical_nuclei" / "zarr.json"
+        assert "source" not in json.loads(cached.read_text())["attributes"]["ome"]["image-label"]

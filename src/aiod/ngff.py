@@ -13,11 +13,20 @@ values stay valid) in Y and X; Z is halved too while its pixel size is not large
 (isotropic data: every level; anisotropic stacks keep Z until Y/X have caught up; without a
 `scale` the data counts as isotropic). Levels are added until one fits in a single chunk or
 `max_levels` is reached. Every step works chunk by chunk: no level is ever held in memory.
+
+A result names the image it annotates through `image-label.source.image`, a path relative to
+the label image (NGFF 0.5). Labels written into an image group point to it ("../../"). A
+result made apart from its image (the pipeline's `labels.ome.zarr`, cached by content and shared
+by every copy of the image) names none; `naming_image` gives the metadata a published copy
+carries instead: the relative path from where it is published to the input's OME-Zarr image
+group, so that NGFF readers (ome-zarr-py, napari-ome-zarr) open image and labels together
+without copying the image. A TIFF input has no image group to name.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from pathlib import Path
 
@@ -221,6 +230,56 @@ def write_image(root: Path, data: np.ndarray, axes: str, chunks=None, scale=None
     arr[...] = data
     group.attrs["ome"] = {"version": NGFF_VERSION,
                           "multiscales": [_multiscales(Path(root).name, axes, [full_scale])]}
+
+
+def image_group(path: Path) -> Path | None:
+    """The OME-Zarr image group an input image path names: the path itself when it is a group
+    with multiscales metadata (NGFF 0.4 or 0.5), the group above it when it is one of that
+    group's multiscales arrays; None for a TIFF, a zarr without NGFF metadata, or no image."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    try:
+        node = zarr.open(store=str(path), mode="r")
+    except Exception:  # not a zarr store at all
+        return None
+    if isinstance(node, zarr.Group):
+        return path if _multiscales_of(node) else None
+    try:
+        parent = zarr.open_group(store=str(path.parent), mode="r")
+    except Exception:
+        return None
+    paths = {d.get("path") for ms in _multiscales_of(parent) for d in ms.get("datasets", [])}
+    return path.parent if path.name in paths else None
+
+
+def _multiscales_of(group) -> list:
+    attrs = dict(group.attrs)
+    return (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales") or []
+
+
+def naming_image(root: Path, image: Path | None, published_at: Path) -> dict[str, bytes]:
+    """The metadata files of the label images in the result `root`, as they read when the
+    result is published at `published_at` beside an input `image`: {path relative to root:
+    new zarr.json bytes}, whose `image-label.source.image` is the path from the published
+    label image to the input's OME-Zarr image group (both resolved, so that a reader following
+    the path from the published folder lands on the image). Empty when the input has no image
+    group (a TIFF): the labels then name no image."""
+    group = image_group(Path(image)) if image else None
+    if group is None:
+        return {}
+    root = Path(root)
+    names = _ome(zarr.open_group(store=str(root / "labels"), mode="r")).get("labels") or []
+    at = Path(os.path.realpath(Path(published_at).parent)) / Path(published_at).name
+    out = {}
+    for name in names:
+        rel = f"labels/{name}/zarr.json"
+        meta = json.loads((root / rel).read_text())
+        ome = meta.setdefault("attributes", {}).setdefault("ome", {})
+        source = os.path.relpath(os.path.realpath(group), at / "labels" / name)
+        ome["image-label"] = {**ome.get("image-label", {"version": NGFF_VERSION}), "source": {"image": source}}
+        out[rel] = json.dumps(meta, indent=2).encode()
+    return out
 
 
 def _tiles(arr: zarr.Array, tile: tuple[int, int]):

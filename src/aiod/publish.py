@@ -194,8 +194,9 @@ def publish(*, outdir: Path, sample_id: str, labels: Path, record: dict, mode: s
     paths = targets(outdir, sample_id)
     staged: dict[str, Path] = {}
     try:
-        if not _published_before(paths, record, Path(labels), mode):  # else an identical rerun keeps it
-            staged[".ome.zarr"] = _stage(paths[".ome.zarr"], lambda tmp: _put_tree(Path(labels), tmp, mode))
+        named = _naming_image(Path(labels), record.get("image"), paths[".ome.zarr"])
+        if not _published_before(paths, record, Path(labels), mode, named):  # else an identical rerun keeps it
+            staged[".ome.zarr"] = _stage(paths[".ome.zarr"], lambda tmp: _put_tree(Path(labels), tmp, mode, named))
         if tiff_writer is not None:
             staged[".tif"] = _stage(paths[".tif"], tiff_writer)
         for suffix, name in TABLES.items():  # small: copied whatever the mode
@@ -216,11 +217,20 @@ def publish(*, outdir: Path, sample_id: str, labels: Path, record: dict, mode: s
     return {suffix: paths[suffix] for suffix in published} | {".json": paths[".json"]}
 
 
-def _published_before(paths: dict[str, Path], record: dict, labels: Path, mode: str) -> bool:
+def _naming_image(labels: Path, image, target: Path) -> dict[str, bytes]:
+    """The label metadata files that name the input image in the published copy (aiod.ngff)."""
+    if not image:
+        return {}
+    from . import ngff  # here: checking targets (CHECK_INPUT) needs none of zarr
+    return ngff.naming_image(labels, Path(image), target)
+
+
+def _published_before(paths: dict[str, Path], record: dict, labels: Path, mode: str, named: dict[str, bytes]) -> bool:
     """True when `<id>.ome.zarr` is what publishing `labels` by `mode` would write, untouched
     since an earlier run published it from the same cache entry: the same files, each with the
     size and modification time that copying gave it (the same inode for `link`, the same target
-    for `symlink`). Anything else (an edited or missing file, another entry) is published again."""
+    for `symlink`), and the label metadata that names the image (`named`) with the same bytes.
+    Anything else (an edited or missing file, another entry, a moved image) is published again."""
     try:
         before = json.loads(paths[".json"].read_text())
     except (OSError, ValueError):
@@ -229,16 +239,22 @@ def _published_before(paths: dict[str, Path], record: dict, labels: Path, mode: 
             ".ome.zarr" not in (before.get("published") or {})):
         return False
     target = paths[".ome.zarr"]
-    if mode == "symlink":
+    if mode == "symlink" and not named:
         return target.is_symlink() and _real(target) == _real(labels)
     if target.is_symlink() or not target.is_dir():
         return False
+    if mode == "symlink":
+        return _linked_before(labels, target, named)
     source = {p.relative_to(labels): p for p in labels.rglob("*")}
     copied = {p.relative_to(target): p for p in target.rglob("*")}
     if source.keys() != copied.keys():
         return False
     for name, src in source.items():
         dst = copied[name]
+        if name.as_posix() in named:
+            if dst.is_symlink() or not dst.is_file() or dst.read_bytes() != named[name.as_posix()]:
+                return False
+            continue
         if src.is_dir() or dst.is_dir() or dst.is_symlink():
             if src.is_dir() and dst.is_dir() and not dst.is_symlink():
                 continue
@@ -262,10 +278,53 @@ def _stage(target: Path, write) -> Path:
     return tmp
 
 
-def _put_tree(source: Path, tmp: Path, mode: str) -> None:
+def _named_dirs(named: dict[str, bytes]) -> set[str]:
+    """The folders (relative, '' the top) that hold the rewritten label metadata files."""
+    return {"/".join(Path(rel).parts[:i]) for rel in named for i in range(len(Path(rel).parts))}
+
+
+def _linked_before(labels: Path, target: Path, named: dict[str, bytes]) -> bool:
+    """`_published_before` for `symlink` with named metadata: the tree `_link_tree` makes."""
+    dirs = _named_dirs(named)
+    for rel in sorted(dirs):
+        src, dst = labels / rel, target / rel
+        if dst.is_symlink() or not dst.is_dir() or {p.name for p in src.iterdir()} != {p.name for p in dst.iterdir()}:
+            return False
+        for item in src.iterdir():
+            name = f"{rel}/{item.name}" if rel else item.name
+            there = dst / item.name
+            if name in named:
+                if there.is_symlink() or not there.is_file() or there.read_bytes() != named[name]:
+                    return False
+            elif name not in dirs and not (there.is_symlink() and _real(there) == _real(item)):
+                return False
+    return True
+
+
+def _link_tree(source: Path, tmp: Path, named: dict[str, bytes]) -> None:
+    """`symlink` with named metadata: the folders that hold it are made, each file of `named`
+    written, and everything else beside them linked to the cache entry (the arrays included)."""
+    dirs = _named_dirs(named)
+    for rel in sorted(dirs):
+        (tmp / rel).mkdir()
+        for item in (source / rel).iterdir():
+            name = f"{rel}/{item.name}" if rel else item.name
+            if name in named:
+                (tmp / name).write_bytes(named[name])
+            elif name not in dirs:
+                os.symlink(_real(item), tmp / name)
+
+
+def _put_tree(source: Path, tmp: Path, mode: str, named: dict[str, bytes]) -> None:
+    """Publish the cache entry's OME-Zarr `source` at `tmp` by `mode`; the files of `named`
+    (relative path -> bytes) are written in place of the entry's, never through a hard link."""
     if mode == "symlink":
-        os.symlink(_real(source), tmp)
-    elif mode == "link":
+        if named:
+            _link_tree(source, tmp, named)
+        else:
+            os.symlink(_real(source), tmp)
+        return
+    if mode == "link":
         try:
             shutil.copytree(source, tmp, copy_function=os.link)
         except shutil.Error as exc:
@@ -273,6 +332,10 @@ def _put_tree(source: Path, tmp: Path, mode: str) -> None:
                             f"(different filesystems?); use copy or symlink ({exc.args[0][0][2] if exc.args else exc})") from None
     else:  # copy, copyNoFollow: the cache holds no links, both copy the bytes
         shutil.copytree(source, tmp, symlinks=(mode == "copyNoFollow"))
+    for rel, data in named.items():  # a new file renamed over the copy (or the hard link)
+        part = (tmp / rel).with_name(f".{Path(rel).name}.{uuid.uuid4().hex[:8]}")
+        part.write_bytes(data)
+        os.replace(part, tmp / rel)
 
 
 def _swap_in(tmp: Path, target: Path) -> None:
