@@ -142,6 +142,16 @@ def test_a_filepath_file_and_a_filepath_directory_are_copied(tmp_path):
     assert open(os.path.join(two["path"], "weights.npz"), "rb").read() == WEIGHTS
 
 
+def test_fetched_gives_what_fetch_gave_once_it_is_in_the_cache_and_fetches_nothing(tmp_path):
+    (tmp_path / "w.npz").write_bytes(WEIGHTS)
+    s = spec({"filepath": str(tmp_path / "missing.npz")}, {"filepath": str(tmp_path / "w.npz"), "sha256": SHA,
+                                                          "config": {"diam_mean": 17}})
+    assert artifacts.fetched(s, tmp_path / "root") is None
+    assert not (tmp_path / "root").exists()
+    got = fast(s, tmp_path / "root")
+    assert artifacts.fetched(s, tmp_path / "root") == got and got["config"] == {"diam_mean": 17}
+
+
 def test_an_edited_filepath_artifact_is_fetched_again(tmp_path):
     source = tmp_path / "w.npz"
     source.write_bytes(WEIGHTS)

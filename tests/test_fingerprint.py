@@ -123,6 +123,18 @@ def test_an_unchanged_file_is_not_read_again(tmp_path, big_tiff, reads):
     assert reads == [a]
 
 
+def test_remembered_gives_the_memoised_fingerprint_without_reading_and_none_once_the_file_changed(tmp_path, big_tiff, reads):
+    a, _ = big_tiff
+    settle(a)
+    assert fingerprint_module.remembered(a, "full", tmp_path / "index") is None
+    first = fingerprint(a, index_dir=tmp_path / "index")
+    assert fingerprint_module.remembered(a, "full", tmp_path / "index") == first
+    assert fingerprint_module.remembered(a, "sample", tmp_path / "index") is None  # another mode, another memo
+    settle(a, seconds_ago=30)
+    assert fingerprint_module.remembered(a, "full", tmp_path / "index") is None
+    assert reads == [a]
+
+
 def test_a_touched_file_is_read_again_and_keeps_its_fingerprint(tmp_path, big_tiff, reads):
     a, _ = big_tiff
     settle(a, seconds_ago=60)

@@ -60,6 +60,24 @@ def fetch(spec: dict, root_dir: Path, *, attempts: int = 5, backoff: float = 2.0
     raise FetchError(f"{name}: no location gave the artifact: " + "; ".join(failures))
 
 
+def fetched(spec: dict, root_dir: Path) -> dict | None:
+    """The artifact of a resolved model spec when one of its locations is already in the
+    checkpoints (the first such, in the order `fetch` tries them), as `fetch` gives it; None
+    when none is. Fetches nothing."""
+    folder = checkpoints_dir(root_dir, spec["family"])
+    for loc in spec["locations"]:
+        entry = folder / _entry_name(spec["version"], loc)
+        if (entry / "artifact.json").exists():
+            return _artifact(entry, loc)
+    return None
+
+
+def _artifact(entry: Path, loc: dict) -> dict:
+    record = json.loads((entry / "artifact.json").read_text())
+    return {"path": str(entry / record["file"]), "sha256": record["sha256"], "location": record["location"],
+            "config": loc.get("config", {})}
+
+
 def _entry_name(version: str, loc: dict) -> str:
     """Content-addressed when the sha256 is known; else by location (and, for a file, its size
     and modification time, so an edited file is fetched again)."""
@@ -82,9 +100,7 @@ def _fetch_one(loc: dict, folder: Path, version: str, *, attempts: int, backoff:
     with _locked(folder / f".{entry.name}.lock"):
         if not (entry / "artifact.json").exists():
             _build(entry, loc, attempts=attempts, backoff=backoff, timeout=timeout)
-    record = json.loads((entry / "artifact.json").read_text())
-    return {"path": str(entry / record["file"]), "sha256": record["sha256"], "location": record["location"],
-            "config": loc.get("config", {})}
+    return _artifact(entry, loc)
 
 
 @contextlib.contextmanager

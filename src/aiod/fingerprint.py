@@ -103,6 +103,18 @@ def fingerprint(path, mode: str = "full", index_dir=None) -> str:
     return digest
 
 
+def remembered(path, mode: str, index_dir) -> str | None:
+    """The fingerprint `fingerprint` memoised for this image under `index_dir`, when the image is
+    unchanged since; None otherwise. Reads file metadata only, never the image's bytes."""
+    check_mode(mode)
+    path = Path(path)
+    try:
+        files = _store_files(path)
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    return _Memo(Path(index_dir), path, mode).lookup(files)
+
+
 def _hash_content(path: Path, mode: str, files: list) -> str:
     """Read the image (every byte of `files` in mode "full") and return its fingerprint."""
     kind = _image_format(path)

@@ -11,7 +11,7 @@ from pathlib import Path
 from .. import RESULT_FORMAT_VERSION, batches, claims, imageio, planner
 from ..cache import Cache, cache_key
 from ..errors import InputError, PlanError
-from ..fingerprint import INDEX_DIR, check_mode, fingerprint
+from ..fingerprint import INDEX_DIR, check_mode, fingerprint, remembered
 from ..models import get_adapter, params_namespace
 from . import JOB_FORMAT, MERGE_SETTINGS, artifact_path, log
 
@@ -31,38 +31,14 @@ def plan(*, image_path: Path, sample_id: str, axes: str | None, channel: int | N
     """Identify the image, compute its cache key, look it up, and plan substacks on a miss."""
     check_mode(fingerprint_mode)
     cache = Cache(root_dir)
-    model = json.loads(Path(model_json).read_text())
-    # what names the model in this run (aiod.model_list) is not what it is: kept out of the result
-    label = model.pop("label", None) or f"{model['family']}_{model['version']}"
-    for run_only in ("index", "subdir", "entry"):
-        model.pop(run_only, None)
+    model, label = model_of(json.loads(Path(model_json).read_text()))
     adapter, params = get_adapter(model["adapter"]), params_namespace(model)
-    artifact = model.get("artifact") or {}
     # the resolved path: a task sees a staged link, messages name the user's file
     with imageio.open_image(Path(image_path).resolve(), axes=axes) as image:
         _check_model_fits_image(model, image, channel, image.path)
-        ndim = len(image.spatial_shape)
-        requested = planner.parse_num_substacks(num_substacks, ndim)
-        halo = planner.parse_overlap(overlap, ndim)
-        # box starts on the network's stride: every box sees the pixel grid the whole image does
-        sizing = {"bytes_per_voxel": adapter.BYTES_PER_VOXEL + image.n_channels * image.dtype.itemsize,
-                  "memory_budget": parse_memory(substack_memory),
-                  "fixed_bytes": adapter.RUNTIME_BYTES + size_on_disk(artifact_path(model)),
-                  "align": adapter.align(artifact_path(model), artifact.get("config", {}), params)}
-        the_plan = planner.plan_substacks(image.spatial_shape, image.spatial_axes, requested, halo, **sizing)
-        floor = adapter.min_halo(artifact_path(model), artifact.get("config", {}), params)
-        if min(the_plan.overlap) < floor:
-            log(f"overlap raised to {floor} px: the least {model['family']}/{model['version']} needs for seam-free results")
-            wider = tuple(float(max(floor, o)) for o in the_plan.overlap)
-            the_plan = planner.plan_substacks(image.spatial_shape, image.spatial_axes, requested, wider, **sizing)
-        identity = {
-            "fingerprint": fingerprint(image_path, mode=fingerprint_mode, index_dir=cache.dir / INDEX_DIR),
-            "axes": image.axes, "shape": list(image.shape), "dtype": str(image.dtype), "channel": channel,
-        }
-        key = cache_key({
-            "image": identity, "model": model_identity(model), "plan": the_plan.to_dict(), "merge": MERGE_SETTINGS,
-            "result_format": RESULT_FORMAT_VERSION,
-        })
+        the_plan, sizing = substack_plan(image, model, num_substacks, overlap, substack_memory)
+        identity = image_identity(image_path, image, channel, fingerprint_mode, cache)
+        key = result_key(identity, model, the_plan)
         family, version = model["family"], model["version"]
         hit = cache.lookup(family, version, key, verify=verify_cache)
         claim = None
@@ -95,6 +71,87 @@ def plan(*, image_path: Path, sample_id: str, axes: str | None, channel: int | N
     log(f"{sample_id}: {image.axes} {'x'.join(map(str, image.shape))} -> "
         + (f"in the cache ({hit})" if hit else f"{n} substack(s), grid {the_plan.grid}, overlap {the_plan.overlap}, box starts on multiples of {the_plan.align}"))
     return job
+
+
+def model_of(spec: dict) -> tuple[dict, str]:
+    """(the model as it enters the cache key, the label naming it in this run) of a model spec
+    as FETCH_ARTIFACTS writes it: what names the model in a run (aiod.model_list) is not what it
+    is, and is kept out of the result."""
+    model = dict(spec)
+    label = model.pop("label", None) or f"{model['family']}_{model['version']}"
+    for run_only in ("index", "subdir", "entry"):
+        model.pop(run_only, None)
+    return model, label
+
+
+def substack_plan(image, model: dict, num_substacks: str, overlap: str, substack_memory: str) -> tuple[planner.Plan, dict]:
+    """(the substack plan, the sizing it was made with) of an open image for a model: boxes
+    start on the network's stride (every box sees the pixel grid the whole image does), the
+    overlap is raised to the least the model needs for seam-free results, `auto` fits the
+    memory budget with the family's measured memory per voxel and the artifact's size."""
+    adapter, params = get_adapter(model["adapter"]), params_namespace(model)
+    artifact = model.get("artifact") or {}
+    ndim = len(image.spatial_shape)
+    requested = planner.parse_num_substacks(num_substacks, ndim)
+    halo = planner.parse_overlap(overlap, ndim)
+    sizing = {"bytes_per_voxel": adapter.BYTES_PER_VOXEL + image.n_channels * image.dtype.itemsize,
+              "memory_budget": parse_memory(substack_memory),
+              "fixed_bytes": adapter.RUNTIME_BYTES + size_on_disk(artifact_path(model)),
+              "align": adapter.align(artifact_path(model), artifact.get("config", {}), params)}
+    the_plan = planner.plan_substacks(image.spatial_shape, image.spatial_axes, requested, halo, **sizing)
+    floor = adapter.min_halo(artifact_path(model), artifact.get("config", {}), params)
+    if min(the_plan.overlap) < floor:
+        log(f"overlap raised to {floor} px: the least {model['family']}/{model['version']} needs for seam-free results")
+        wider = tuple(float(max(floor, o)) for o in the_plan.overlap)
+        the_plan = planner.plan_substacks(image.spatial_shape, image.spatial_axes, requested, wider, **sizing)
+    return the_plan, sizing
+
+
+def image_identity(image_path: Path, image, channel: int | None, fingerprint_mode: str, cache: Cache,
+                   read: bool = True) -> dict | None:
+    """What identifies the image in the cache key: its content fingerprint (memoised under the
+    cache, aiod.fingerprint), axes, shape, dtype and channel. With `read` False, the image is
+    never read: None when its fingerprint is not remembered."""
+    index = cache.dir / INDEX_DIR
+    found = fingerprint(image_path, mode=fingerprint_mode, index_dir=index) if read else \
+        remembered(image_path, mode=fingerprint_mode, index_dir=index)
+    if found is None:
+        return None
+    return {"fingerprint": found, "axes": image.axes, "shape": list(image.shape), "dtype": str(image.dtype),
+            "channel": channel}
+
+
+def result_key(identity: dict, model: dict, the_plan: planner.Plan) -> str:
+    """The cache key of a result: everything that can change it (docs/cache.md)."""
+    return cache_key({"image": identity, "model": model_identity(model), "plan": the_plan.to_dict(),
+                      "merge": MERGE_SETTINGS, "result_format": RESULT_FORMAT_VERSION})
+
+
+def find_result(*, image_path: Path, spec: dict, num_substacks: str, overlap: str, substack_memory: str,
+                root_dir: Path, fingerprint_mode: str, axes: str | None = None, channel: int | None = None,
+                read: bool = False) -> Path | None:
+    """The finished cache entry that PLAN would find for this image and model spec (as
+    FETCH_ARTIFACTS writes it) with these settings, or None; the same plan and key as `plan`,
+    without claiming anything or preparing a miss. With `read` False the image's bytes are never
+    read: an image whose fingerprint is not remembered under the cache is a miss here."""
+    check_mode(fingerprint_mode)
+    cache = Cache(root_dir)
+    model, _label = model_of(spec)
+    with imageio.open_image(Path(image_path).resolve(), axes=axes) as image:
+        the_plan = plan_for(image, spec, num_substacks, overlap, substack_memory, channel)
+        identity = image_identity(image_path, image, channel, fingerprint_mode, cache, read=read)
+    if identity is None:
+        return None
+    return cache.lookup(model["family"], model["version"], result_key(identity, model, the_plan))
+
+
+def plan_for(image, spec: dict, num_substacks: str, overlap: str, substack_memory: str,
+             channel: int | None = None) -> planner.Plan:
+    """The substack plan PLAN makes for an open image and a model spec (as FETCH_ARTIFACTS
+    writes it), after the same check that the model can take the image (InputError)."""
+    model, _label = model_of(spec)
+    _check_model_fits_image(model, image, channel, image.path)
+    return substack_plan(image, model, num_substacks, overlap, substack_memory)[0]
 
 
 def plan_batch(*, rows: list[dict], out_dir: Path, batch: str = "auto", name: str = "", **common) -> dict:
