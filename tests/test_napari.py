@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ pytest.importorskip("napari_aiod")
 from napari.components import ViewerModel  # noqa: E402
 from qtpy.QtWidgets import QDoubleSpinBox, QMessageBox, QSpinBox  # noqa: E402
 
-from aiod import cache_tools, synthetic  # noqa: E402
+from aiod import cache_tools, ngff, synthetic  # noqa: E402
 from aiod.models import visible  # noqa: E402
 from aiod.registry import load_registry  # noqa: E402
 from napari_aiod import command  # noqa: E402
@@ -157,6 +158,93 @@ def test_project_file_round_trips_the_settings(qt, tmp_path):
     assert other.settings() == saved
 
 
+# ---- before a run: the substack plan and the cache --------------------------------------------------
+
+def pipeline_plan(tmp, image_path, params=None, num_substacks="2,3", overlap="8", sample_id="img"):
+    """What the pipeline's own PLAN step (aiod plan, in-process) makes of the image."""
+    from aiod import cli
+    from aiod.steps import plan as plan_step
+    model = tmp / f"model-{sample_id}.json"
+    args = ["resolve-model", "--model", "classical", "--version", "nuclei", "--out", str(model)]
+    if params:
+        (tmp / "params.yaml").write_text(yaml.safe_dump(params))
+        args += ["--params", str(tmp / "params.yaml")]
+    assert cli.main(args) == 0
+    job = plan_step.plan(image_path=image_path, sample_id=sample_id, axes=None, channel=None, model_json=model,
+                         num_substacks=num_substacks, overlap=overlap, substack_memory="6 GB", root_dir=tmp / "root",
+                         fingerprint_mode="full", out=tmp / f"{sample_id}.plan.json")
+    return job
+
+
+def test_the_plan_preview_draws_one_rectangle_per_substack_of_plans_own_plan(qt, tmp_path):
+    tifffile.imwrite(tmp_path / "img.tif", np.zeros((300, 200), "uint8"))
+    viewer = ViewerModel()
+    w = make_widget(tmp_path, viewer)
+    w.set_model("classical", "nuclei")
+    w.add_image_paths([tmp_path / "img.tif"])
+    w.num_substacks.setText("2,3")
+    w.overlap.setText("8")
+    [layer] = w.preview_plan()
+    job = pipeline_plan(tmp_path, tmp_path / "img.tif")
+    assert layer.name == "img substacks" and layer.shape_type == ["rectangle"] * 6 == ["rectangle"] * len(job["plan"]["substacks"])
+    for corners, sub in zip(layer.data, job["plan"]["substacks"]):
+        (y0, y1), (x0, x1) = sub["core"]
+        assert corners.min(axis=0).tolist() == [y0 - 0.5, x0 - 0.5] and corners.max(axis=0).tolist() == [y1 - 0.5, x1 - 0.5]
+    assert list(layer.features["box"]) == [" ".join(f"{a}{r[0]}:{r[1]}" for a, r in zip("YX", sub["box"]))
+                                           for sub in job["plan"]["substacks"]]
+    assert w.run_handle is None and w.status.text() == "img substacks: 6"
+    w.num_substacks.setText("1")
+    [again] = w.preview_plan()
+    assert len(again.data) == 1 and [x.name for x in viewer.layers].count("img substacks") == 1  # replaced
+
+
+def test_the_plan_preview_of_a_3d_layer_has_a_rectangle_for_each_substack_in_z_too(qt, tmp_path):
+    viewer = ViewerModel()
+    layer = viewer.add_image(np.zeros((40, 64, 64), "uint8"), name="stack", scale=(2.0, 0.5, 0.5))
+    w = make_widget(tmp_path, viewer)
+    w.set_model("classical", "nuclei")
+    w.add_layer(layer)
+    w.num_substacks.setText("2,2,1")
+    [shapes] = w.preview_plan()
+    assert len(shapes.data) == 4 and list(shapes.scale) == [0.5, 0.5]
+    assert sorted(shapes.features["core"])[:2] == ["Z0:20 Y0:32 X0:64", "Z0:20 Y32:64 X0:64"]
+
+
+def test_a_request_already_in_the_cache_opens_from_it_without_starting_nextflow(qt, tmp_path, monkeypatch):
+    """The cache entry is made by the pipeline's own steps (plan, segment, finalize); the
+    widget's lookup must find it by the same key."""
+    from aiod.steps import finalize as finalize_step, segment as segment_step
+    from napari_aiod import runner
+    gt = synthetic.touching_nuclei((120, 150), n=15, radius=(6.0, 9.0), seed=3)
+    tifffile.imwrite(tmp_path / "cells.tif", synthetic.render_nuclei(gt, seed=4))
+    past = time.time_ns() - 60_000_000_000  # PLAN remembers the fingerprint of a file that is not being written
+    os.utime(tmp_path / "cells.tif", ns=(past, past))
+    job = pipeline_plan(tmp_path, tmp_path / "cells.tif", num_substacks="1", overlap="32", sample_id="cells")
+    segment_step.segment(job_json=tmp_path / "cells.plan.json", image_path=tmp_path / "cells.tif", index=0,
+                         out=tmp_path / "result")
+    monkeypatch.chdir(tmp_path)
+    finalize_step.finalize(job_json=tmp_path / "cells.plan.json", result=tmp_path / "result", sample_id="cells",
+                           root_dir=tmp_path / "root", tiff=False)
+    started = []
+    monkeypatch.setattr(runner.PipelineRun, "start", lambda self: started.append(self.argv))
+    viewer = ViewerModel()
+    w = make_widget(tmp_path, viewer)
+    w.set_model("classical", "nuclei")
+    w.add_image_paths([tmp_path / "cells.tif"])
+    codes = []
+    w.run_finished.connect(codes.append)
+    w.run_button.click()
+    assert codes == [0] and started == [] and w.run_handle is None
+    labels = viewer.layers["cells classical_nuclei"]
+    cached = ngff.open_labels(Path(job["cache_entry"]) / "labels.ome.zarr")
+    assert np.array_equal(np.asarray(labels.data[...]), cached[...])
+    assert "cells classical_nuclei image" in viewer.layers and w.status.text() == "from the cache: 1 image(s), no run"
+
+    w.params.fields["sigma"].setValue(2.5)  # another parameter: another key, a run
+    w.run_button.click()
+    assert len(started) == 1 and w.run_handle is not None and codes == [0]
+
+
 # ---- the command line and what Nextflow prints --------------------------------------------------
 
 def test_the_run_is_the_command_line_a_person_would_type(tmp_path):
@@ -208,6 +296,43 @@ def test_run_ends_with_each_mask_open_lazily_over_its_image(finished_run):
     field = viewer.layers["field classical_nuclei"]  # the image layer, saved to OME-Zarr for the run
     assert field.data.shape == (256, 256) and "field classical_nuclei image" not in viewer.layers
     assert w.scores.rowCount() == 1 and w.scores.item(0, 0).text() == "classical_nuclei"
+
+
+@pytest.mark.pipeline
+def test_a_published_mask_of_an_ome_zarr_input_opens_with_its_image_in_ome_zarr_py(finished_run, caplog):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+    _w, _viewer, tmp, _code = finished_run
+    record = command.published_records(tmp / "results", ["field"])[0]  # the layer, saved as OME-Zarr for the run
+    label = Path(record["published"][".ome.zarr"]) / "labels" / record["labels"]["name"]
+    with caplog.at_level("WARNING"):
+        nodes = list(Reader(parse_url(str(label)))())
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("ome_zarr")] == []
+    assert [n.zarr.path for n in nodes] == [str(Path(record["image"])), str(label)]
+    assert nodes[0].data[0].shape == nodes[1].data[0].shape == (256, 256)
+
+
+@pytest.mark.pipeline
+def test_a_second_request_of_the_same_images_opens_the_runs_masks_from_the_cache_with_no_run(qt, finished_run, monkeypatch):
+    w, viewer, tmp, _code = finished_run
+    from napari_aiod import runner
+    started = []
+    monkeypatch.setattr(runner.PipelineRun, "start", lambda self: started.append(self.argv))
+    second = ViewerModel()
+    layer = second.add_image(viewer.layers["field"].data, name="field")
+    again = make_widget(tmp, second)
+    again.set_model("classical", "nuclei")
+    again.add_image_paths([tmp / "big.tif"])
+    again.add_layer(layer)
+    assert run_widget(qt, again) == 0 and started == [] and again.run_handle is None
+    for name in ("big classical_nuclei", "field classical_nuclei"):
+        first, cached = viewer.layers[name], second.layers[name]
+        assert cached.multiscale == first.multiscale
+        assert np.array_equal(level0(cached)[...], level0(first)[...])
+
+
+def level0(layer):
+    return layer.data[0] if layer.multiscale else layer.data
 
 
 @pytest.mark.pipeline

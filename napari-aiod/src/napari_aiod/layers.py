@@ -78,6 +78,19 @@ def add_result(viewer, result: Path, image: Path | None, image_layer=None, name:
                              scale=scale, name=title)
 
 
+def add_plan(viewer, name: str, plan, scale=None):
+    """A substack plan as a shapes layer: one rectangle per substack (its core, in Y and X;
+    planning.rectangles), numbered, with each substack's grid position, core and box (with the
+    overlap) as features. A layer of the same name is replaced."""
+    from .planning import features, rectangles
+    if name in viewer.layers:
+        viewer.layers.remove(name)
+    return viewer.add_shapes(rectangles(plan), shape_type="rectangle", name=name, features=features(plan),
+                             edge_color="yellow", face_color="transparent", edge_width=2,
+                             text={"string": "{substack}", "color": "yellow"},
+                             scale=list(scale)[-2:] if scale is not None else None)
+
+
 def save_layer(layer, folder: Path, sample_id: str) -> Path:
     """Write an image layer as `<folder>/<id>.ome.zarr` (NGFF 0.5) for the pipeline to read.
     2D layers are YX, 3D ZYX; an RGB or multiscale layer is refused."""

@@ -58,3 +58,11 @@ def profiles(root: Path | None = None) -> list[str]:
     block = text[text.find("profiles {"):]
     names = re.findall(r"^\s{4}([A-Za-z_][\w-]*)\s*\{", block, flags=re.M)
     return sorted(dict.fromkeys(names), key=lambda n: (n != "local", names.index(n)))
+
+
+def pipeline_defaults(root: Path | None = None) -> dict:
+    """Each pipeline parameter's default, from the checkout's nextflow_schema.json."""
+    import json
+    schema = json.loads(Path(root or project_dir(), "nextflow_schema.json").read_text())
+    return {name: spec["default"] for group in schema.get("$defs", {}).values()
+            for name, spec in group.get("properties", {}).items() if "default" in spec}

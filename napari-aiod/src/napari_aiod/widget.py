@@ -1,15 +1,15 @@
 """The AIoD dock widget: pick images and a model, run the pipeline, open what it publishes.
 
 The widget only gathers settings and shows results. The model request is checked by the
-registry's own code (aiod.models.resolve, as RESOLVE_MODEL checks it), the run is `nextflow run
-main.nf` on the samplesheet and parameter file the widget writes (command.py, runner.py), the
-masks are opened lazily from the OME-Zarr the run published (layers.py), and the cache panel
-lists and deletes through aiod.cache_tools (cache_panel.py).
+registry's own code (aiod.models.resolve, as RESOLVE_MODEL checks it); the substack plan it
+previews and the cache entry it looks up before a run are PLAN's own (planning.py); the run is
+`nextflow run main.nf` on the samplesheet and parameter file the widget writes (command.py,
+runner.py), the masks are opened lazily from the OME-Zarr the run published or the cache holds
+(layers.py), and the cache panel lists and deletes through aiod.cache_tools (cache_panel.py).
 """
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from pathlib import Path
@@ -17,16 +17,15 @@ from pathlib import Path
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
                             QLabel, QLineEdit, QListWidget, QPlainTextEdit, QProgressBar, QPushButton,
-                            QTableWidget, QTableWidgetItem, QTabWidget, QVBoxLayout, QWidget)
+                            QTabWidget, QVBoxLayout, QWidget)
 
 from . import command, settings
 from .cache_panel import CachePanel
 from .params_form import ParamsForm
-from .project import nextflow, profiles, use_aiod
+from .scores import ScoresTable
+from .project import nextflow, pipeline_defaults, profiles, use_aiod
 
 LAYER_PREFIX = "layer: "
-SCORE_COLUMNS = ("label", "images", "cached", "objects", "f1", "ap_50_95", "panoptic_quality", "dice",
-                 "seconds_per_megapixel", "device")
 
 
 class AiodWidget(QWidget):
@@ -50,8 +49,7 @@ class AiodWidget(QWidget):
         tabs.addTab(self._run_tab(), "Run")
         self.cache_panel = CachePanel(self.viewer, lambda: self.root_dir.text())
         tabs.addTab(self.cache_panel, "Cache")
-        self.scores = QTableWidget(0, len(SCORE_COLUMNS))
-        self.scores.setHorizontalHeaderLabels(list(SCORE_COLUMNS))
+        self.scores = ScoresTable()
         tabs.addTab(self.scores, "Scores")
         self.tabs = tabs
         layout = QVBoxLayout(self)
@@ -132,6 +130,9 @@ class AiodWidget(QWidget):
         col.addLayout(row)
 
         row = QHBoxLayout()
+        self.preview_button = QPushButton("Preview plan")
+        self.preview_button.setToolTip("draw each image's substacks (PLAN's plan) as a shapes layer")
+        self.preview_button.clicked.connect(self.preview_plan)
         self.run_button = QPushButton("Run")
         self.run_button.clicked.connect(self.run)
         self.stop_button = QPushButton("Stop")
@@ -141,7 +142,7 @@ class AiodWidget(QWidget):
         self.progress.setFormat("%v / %m tasks")
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        for w in (self.run_button, self.stop_button, self.progress):
+        for w in (self.preview_button, self.run_button, self.stop_button, self.progress):
             row.addWidget(w)
         col.addLayout(row)
         self.status = QLabel("")
@@ -276,8 +277,37 @@ class AiodWidget(QWidget):
                                   outdir=self.outdir.text(), root_dir=self.root_dir.text(),
                                   save_tiff=self.save_tiff.isChecked())
 
+    def _ids(self) -> list[tuple[str, dict]]:
+        """(sample id, image item) of each image, ids as a run names them."""
+        taken: list[str] = []
+        for item in self.images:
+            taken.append(command.image_id(item.get("path") or item["layer"].name, taken))
+        return list(zip(taken, self.images))
+
+    def preview_plan(self) -> list:
+        """The Preview button: each image's substack plan, as PLAN makes it, drawn as a shapes
+        layer `<id> substacks` (one rectangle per substack). Returns the layers drawn."""
+        from aiod.errors import AiodError
+        from . import planning
+        self.status.setStyleSheet("")
+        self.last_error = None
+        try:
+            req = self.request()
+            if not self.images:
+                raise ValueError("no images: add image files or image layers first")
+            drawn = planning.draw_plans(self.viewer, self._ids(), req, pipeline_defaults())
+        except planning.NotKnownYet as exc:
+            self.status.setText(f"no plan drawn: {exc}")
+            return []
+        except (AiodError, ValueError, OSError) as exc:
+            self.show_error(f"AIOD ERROR: {exc}")
+            return []
+        self.status.setText(", ".join(f"{layer.name}: {len(layer.data)}" for layer in drawn))
+        return drawn
+
     def run(self) -> None:
-        """The Run button: check, write the run's files, start Nextflow in the background."""
+        """The Run button: check, write the run's files, open the results already in the cache,
+        and start Nextflow in the background for the others."""
         from aiod.errors import AiodError
         if self.run_handle is not None and self.run_handle.running():
             return
@@ -289,11 +319,8 @@ class AiodWidget(QWidget):
                 raise ValueError("no images: add image files or image layers first")
             root = Path(req.root_dir).expanduser()
             stamp = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-            taken: list[str] = []
             self.layer_of: dict[str, object] = {}
-            for item in self.images:
-                sample_id = command.image_id(item.get("path") or item["layer"].name, taken)
-                taken.append(sample_id)
+            for sample_id, item in self._ids():
                 if "layer" in item:
                     from .layers import save_layer
                     path = save_layer(item["layer"], root / "napari_layers" / stamp, sample_id)
@@ -303,6 +330,12 @@ class AiodWidget(QWidget):
                 req.images.append((sample_id, str(path)))
         except (AiodError, ValueError, OSError) as exc:
             self.show_error(f"AIOD ERROR: {exc}")
+            return
+        hits = self.open_cached(req)
+        req.images = [(sample_id, path) for sample_id, path in req.images if sample_id not in hits]
+        if not req.images:
+            self.status.setText(f"from the cache: {len(hits)} image(s), no run")
+            self.run_finished.emit(0)
             return
         from .runner import PipelineRun
         folder = root / settings.FOLDER / "runs" / stamp
@@ -337,6 +370,15 @@ class AiodWidget(QWidget):
         self.cache_panel.refresh()
         self.run_finished.emit(code)
 
+    def open_cached(self, req: command.RunRequest) -> list[str]:
+        """Open the images' results already in the cache (planning.open_cached); their ids."""
+        from .planning import open_cached
+        hits = open_cached(self.viewer, req, self.layer_of, pipeline_defaults())
+        for sample_id, entry, layer in hits:
+            self.added_layers.append(layer)
+            self.log.appendPlainText(f"{sample_id}: from the cache ({entry})")
+        return [sample_id for sample_id, _, _ in hits]
+
     def open_results(self, req: command.RunRequest) -> None:
         """Each published mask as a lazy multiscale labels layer over its image; the scores."""
         from .layers import add_result
@@ -347,18 +389,4 @@ class AiodWidget(QWidget):
             layer = add_result(self.viewer, result, Path(record["image"]), self.layer_of.get(sample_id),
                                name=f"{sample_id} {record['labels']['name']}")
             self.added_layers.append(layer)
-        self.show_scores(Path(req.outdir).expanduser() / "comparison.json")
-
-    def show_scores(self, path: Path) -> bool:
-        """comparison.json's table (a row per model) in the Scores tab, when it exists."""
-        try:
-            models = json.loads(Path(path).read_text())["models"]
-        except (OSError, ValueError, KeyError):
-            return False
-        self.scores.setRowCount(len(models))
-        for i, row in enumerate(models):
-            for j, key in enumerate(SCORE_COLUMNS):
-                value = row.get(key)
-                text = "-" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
-                self.scores.setItem(i, j, QTableWidgetItem(("* " if row.get("best") and j == 0 else "") + text))
-        return True
+        self.scores.read(Path(req.outdir).expanduser() / "comparison.json")
