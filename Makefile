@@ -7,13 +7,13 @@ NEXTFLOW ?= $(shell command -v nextflow 2>/dev/null || echo $(CURDIR)/engine/nex
 export NXF_OFFLINE ?= true
 export NXF_DISABLE_CHECK_LATEST := true
 
-.PHONY: demo test env envs engine browser clean
+.PHONY: demo test env envs engine browser xvfb clean
 
 demo: engine env
 	$(VENV)/bin/python bin/aiod demo-data demo
 	$(NEXTFLOW) run main.nf -profile local,demo -ansi-log false
 
-test: engine env browser $(VENV)/.test-stamp
+test: engine env browser xvfb $(VENV)/.test-stamp
 	AIOD_NEXTFLOW=$(NEXTFLOW) $(VENV)/bin/python -m pytest $(PYTEST_ARGS) tests
 
 env: $(VENV)/.stamp
@@ -22,6 +22,14 @@ env: $(VENV)/.stamp
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 browser:
 	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
+
+# Xvfb and the X libraries PyQt5's xcb platform needs, for tests/test_napari.py's screenshot of
+# napari's window (its OpenGL canvas does not start on Qt's offscreen platform).
+XVFB_PACKAGES := xvfb xauth libgl1 libgl1-mesa-dri libegl1 libfontconfig1 libdbus-1-3 libx11-xcb1 \
+                 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \
+                 libxcb-render-util0 libxcb-shape0 libxcb-xfixes0 libxcb-xinerama0 libxcb-xkb1
+xvfb:
+	@dpkg -s $(XVFB_PACKAGES) >/dev/null 2>&1 || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(XVFB_PACKAGES))
 
 engine:
 	@if [ "$(NEXTFLOW)" = "$(CURDIR)/engine/nextflow" ] && ! ls engine/lib/nextflow-*.jar >/dev/null 2>&1; then \

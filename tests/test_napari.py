@@ -10,6 +10,9 @@ shared by the tests that look at what a run leaves.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -333,6 +336,27 @@ def test_a_second_request_of_the_same_images_opens_the_runs_masks_from_the_cache
 
 def level0(layer):
     return layer.data[0] if layer.multiscale else layer.data
+
+
+@pytest.mark.pipeline
+def test_a_screenshot_of_napari_with_the_widget_a_mask_and_its_plan_is_not_blank(finished_run, tmp_path):
+    """napari's own window under Xvfb (tests/napari_screenshot.py, a process of its own)."""
+    import imageio.v3 as iio
+    xvfb_run = shutil.which("xvfb-run")
+    if xvfb_run is None:
+        pytest.skip("xvfb-run is not installed (`make xvfb` installs it and the X libraries PyQt5 needs)")
+    _w, _viewer, tmp, _code = finished_run
+    out = tmp_path / "napari.png"
+    env = {k: v for k, v in os.environ.items() if k != "QT_QPA_PLATFORM"}
+    done = subprocess.run([xvfb_run, "-a", "-s", "-screen 0 1600x1000x24", sys.executable,
+                           str(Path(__file__).parent / "napari_screenshot.py"), str(tmp / "results" / "big.ome.zarr"),
+                           str(tmp / "big.tif"), str(tmp / "root"), str(out)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    window = iio.imread(out)[..., :3]
+    canvas = iio.imread(tmp_path / "napari-canvas.png")[..., :3]
+    assert window.shape[0] >= 700 and window.shape[1] >= 1200  # the window with the dock widget beside the canvas
+    assert len(np.unique(canvas.reshape(-1, 3), axis=0)) > 1000  # the image, the mask's colours and the plan drawn
 
 
 @pytest.mark.pipeline
