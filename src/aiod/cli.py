@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from . import diskspace, report
+from . import diskspace
 from .errors import EXIT_CODE, AiodError, ModelError
 
 
@@ -391,8 +391,25 @@ def parser() -> argparse.ArgumentParser:
             a.add_argument("--yes", action="store_true", help="delete (without it, only list what would go)")
         a.set_defaults(func=_cache)
 
-    from . import measure, regions  # `aiod measure`, `aiod count` (docs/measure.md)
-    measure.add_parser(sub), regions.add_parser(sub)
+    s = sub.add_parser("measure", help="per-object table of a mask: size, centroid, bounding box, intensity (docs/measure.md)")
+    s.add_argument("--mask", required=True, help="an OME-Zarr result (<id>.ome.zarr), or a label TIFF or zarr array")
+    s.add_argument("--image", help="the image: adds mean/min/max intensity per channel")
+    s.add_argument("--image-axes", help="the image's stored axes when its metadata lacks them (e.g. CZYX)")
+    s.add_argument("--label", help="which label image of the OME-Zarr (default: the first listed)")
+    s.add_argument("--out", required=True, help="writes OUT.parquet and OUT.csv")
+    s.set_defaults(func=_lazy("measure", "_cli"))
+
+    s = sub.add_parser("count", help="count objects per atlas region: counts, volumes, densities (docs/measure.md)")
+    s.add_argument("--objects", required=True, help="the object table of `aiod measure` (.parquet)")
+    s.add_argument("--atlas", required=True, help="a label image of region ids (TIFF or (OME-)Zarr)")
+    s.add_argument("--atlas-scale", help="the atlas' voxel size z,y,x (µm) when its file has none")
+    s.add_argument("--voxel-size", help="the mask's voxel size z,y,x (µm), instead of its file's")
+    s.add_argument("--atlas-offset", help="where the atlas' first corner lies in the image (µm, z,y,x); default 0")
+    s.add_argument("--regions", help="region hierarchy CSV: id, name, acronym, parent_id")
+    s.add_argument("--partial-atlas", action="store_true",
+                   help="accept an atlas that does not cover the image (objects beyond it: 'outside atlas')")
+    s.add_argument("--out", required=True, help="writes OUT.parquet and OUT.csv")
+    s.set_defaults(func=_lazy("regions", "_cli"))
 
     s = sub.add_parser("demo-data", help="write the built-in demo images, ground truth and samplesheet")
     s.add_argument("outdir")
@@ -425,8 +442,27 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--samplesheet", required=True)
     s.set_defaults(func=_evaluate)
 
-    report.add_parser(sub)
+    s = sub.add_parser("report", help="write one self-contained HTML page about a run's results (docs/report.md)")
+    s.add_argument("--results", required=True, help="the run's --outdir")
+    s.add_argument("--samplesheet", help="the run's samplesheet (ground truth: matched, missed and false objects)")
+    s.add_argument("--out", help="the page to write (default: <results>/report.html)")
+    s.add_argument("--trace", help="a Nextflow execution trace (pipeline_info/execution_trace_*.txt)")
+    s.add_argument("--run-info", help="a JSON file of facts about the run: command, nextflow_version, "
+                                      "pipeline_version, started, duration, profile")
+    s.set_defaults(func=_lazy("report", "_main"))
     return p
+
+
+def _lazy(module: str, name: str):
+    """The handler `name` of aiod.<module>, imported only when its subcommand runs: a module the
+    command line imported for every subcommand would be in every pipeline step's sources
+    (aiod.sources), and editing it would rerun every task on -resume."""
+    def run(a):
+        import importlib
+
+        return getattr(importlib.import_module(f"{__package__}.{module}"), name)(a)
+
+    return run
 
 
 def _written_path(a) -> Path | None:

@@ -395,14 +395,3 @@ def _cli(a) -> None:
     table = measure_result(Path(a.mask), a.image, label_name=a.label, image_axes=a.image_axes)
     parquet, csv = write_tables(table, a.out, inputs=(a.mask, a.image))
     print(f"[aiod] {a.mask}: {len(table)} objects -> {parquet}, {csv}")
-
-
-def add_parser(sub) -> None:
-    """`aiod measure` (registered by cli.parser)."""
-    s = sub.add_parser("measure", help="per-object table of a mask: size, centroid, bounding box, intensity (docs/measure.md)")
-    s.add_argument("--mask", required=True, help="an OME-Zarr result (<id>.ome.zarr), or a label TIFF or zarr array")
-    s.add_argument("--image", help="the image: adds mean/min/max intensity per channel")
-    s.add_argument("--image-axes", help="the image's stored axes when its metadata lacks them (e.g. CZYX)")
-    s.add_argument("--label", help="which label image of the OME-Zarr (default: the first listed)")
-    s.add_argument("--out", required=True, help="writes OUT.parquet and OUT.csv")
-    s.set_defaults(func=_cli)

@@ -337,18 +337,3 @@ def _cli(a) -> None:
     c = table.columns
     print(f"[aiod] {a.atlas}: {table.meta['n_objects']} objects in {int(np.count_nonzero(c['objects_self'][2:]))} "
           f"region(s), {int(c['objects'][1])} on background, {int(c['objects'][0])} outside -> {parquet}, {csv_path}")
-
-
-def add_parser(sub) -> None:
-    """`aiod count` (registered by cli.parser)."""
-    s = sub.add_parser("count", help="count objects per atlas region: counts, volumes, densities (docs/measure.md)")
-    s.add_argument("--objects", required=True, help="the object table of `aiod measure` (.parquet)")
-    s.add_argument("--atlas", required=True, help="a label image of region ids (TIFF or (OME-)Zarr)")
-    s.add_argument("--atlas-scale", help="the atlas' voxel size z,y,x (µm) when its file has none")
-    s.add_argument("--voxel-size", help="the mask's voxel size z,y,x (µm), instead of its file's")
-    s.add_argument("--atlas-offset", help="where the atlas' first corner lies in the image (µm, z,y,x); default 0")
-    s.add_argument("--regions", help="region hierarchy CSV: id, name, acronym, parent_id")
-    s.add_argument("--partial-atlas", action="store_true",
-                   help="accept an atlas that does not cover the image (objects beyond it: 'outside atlas')")
-    s.add_argument("--out", required=True, help="writes OUT.parquet and OUT.csv")
-    s.set_defaults(func=_cli)

@@ -68,15 +68,3 @@ def _main(a) -> None:
     out = write_report(Path(a.results), Path(a.out) if a.out else None, samplesheet=a.samplesheet, run=run,
                        trace=a.trace)
     print(f"[aiod] report written to {out}")
-
-
-def add_parser(sub) -> None:
-    """Register `aiod report` on the command line's subparsers."""
-    s = sub.add_parser("report", help="write one self-contained HTML page about a run's results (docs/report.md)")
-    s.add_argument("--results", required=True, help="the run's --outdir")
-    s.add_argument("--samplesheet", help="the run's samplesheet (ground truth: matched, missed and false objects)")
-    s.add_argument("--out", help="the page to write (default: <results>/report.html)")
-    s.add_argument("--trace", help="a Nextflow execution trace (pipeline_info/execution_trace_*.txt)")
-    s.add_argument("--run-info", help="a JSON file of facts about the run: command, nextflow_version, "
-                                      "pipeline_version, started, duration, profile")
-    s.set_defaults(func=_main)

@@ -33,7 +33,7 @@ STEPS: dict[str, list[str]] = {
 }
 # Every step's door: the command line (its imports are per subcommand, inside functions, so it
 # is listed as a file but not followed) and what it imports at module level.
-COMMON = ["__init__.py", "cli.py", "diskspace.py", "errors.py", "measure.py", "regions.py", "report.py", "tables.py"]
+COMMON = ["__init__.py", "cli.py", "diskspace.py", "errors.py"]
 
 
 def step_sources() -> dict[str, list[str]]:
