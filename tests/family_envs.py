@@ -12,6 +12,8 @@ run on the same machine builds nothing. Tests reach a family through a subproces
                                  file, or an unpacked folder)
     run_in_family(family, script, *args, cwd=...) -> CompletedProcess of tests/families/<script>
     segment_in_family(...)    -> labels and record of the adapter run on a whole image
+    split_vs_whole(...)       -> the adapter on a whole image and split with the pipeline's planner
+                                 and merge (aiod.splitcheck.check's record)
 
 Test modules import the fixtures they use (`from family_envs import trained_artifact`).
 AIOD_TEST_ARTIFACTS=<dir> keeps the trained artifacts there between sessions (for working on a
@@ -126,3 +128,16 @@ def segment_in_family(family: str, version: str, artifact: Path, image: Path, ou
     run_in_family(family, "segment.py", family, version, artifact, image, out,
                   "--params", json.dumps(params or {}), "--config", json.dumps(config or {}), cwd=out.parent)
     return np.load(out), json.loads(out.with_suffix(".json").read_text())
+
+
+def split_vs_whole(family: str, version: str, artifact: Path, image: Path, grid, workdir: Path,
+                   params: dict | None = None, **flags) -> dict:
+    """tests/families/split_vs_whole.py on one image: the adapter whole, and split on `grid` with
+    the pipeline's planner and merge (and, with flags, unaligned and StarDist's big mode); returns
+    aiod.splitcheck.check's record."""
+    workdir.mkdir(parents=True)
+    job = {"family": family, "version": version, "artifact": str(artifact), "params": params or {},
+           "cases": [{"name": "case", "image": str(image), "grid": list(grid), **flags}]}
+    (workdir / "job.json").write_text(json.dumps(job))
+    proc = run_in_family(family, "split_vs_whole.py", workdir / "job.json", cwd=workdir)
+    return json.loads(proc.stdout.strip().splitlines()[-1])["case"]

@@ -13,7 +13,7 @@ import pytest
 import tifffile
 
 from aiod.metrics import match_labels
-from family_envs import nuclei_data, run_in_family, segment_in_family, trained_artifact  # noqa: F401
+from family_envs import nuclei_data, run_in_family, segment_in_family, split_vs_whole, trained_artifact  # noqa: F401
 
 pytestmark = pytest.mark.families
 
@@ -69,6 +69,32 @@ def test_cellpose_3d_without_do_3d_or_stitching_is_refused(trained_artifact, nuc
                          cwd=tmp_path, check=False)
     assert proc.returncode != 0
     assert "a 3D substack needs do_3D, or a stitch_threshold above 0" in proc.stderr
+
+
+def test_cellpose_split_in_four_gives_the_whole_image_objects_at_a_rescaled_diameter(
+        trained_artifact, nuclei_data, tmp_path):  # noqa: F811
+    # the real nuclei tiled 2x2 (1024x1024, ~450 nuclei) at diameter 17: cellpose upscales by
+    # 30/17 and tiles; the boxes start on pixels no stride divides and see ~66% of the image
+    image = tmp_path / "nuclei_1024.tif"
+    tifffile.imwrite(image, np.tile(tifffile.imread(nuclei_data / "nuclei_2d.tif"), (2, 2)))
+    run = split_vs_whole("cellpose", "nuclei", trained_artifact("cellpose"), image, (2, 2), tmp_path / "run",
+                         params={"diameter": 17})
+    starts = [s for box in run["starts"] for s in box]
+    assert any(s % 16 for s in starts) and 0 < max(starts) < 512, run
+    assert run["whole_objects"] > 300
+    assert run["aligned"]["same"] and run["aligned"]["f1"] == 1.0, run
+
+
+def test_cellpose_do_3d_split_in_two_gives_the_whole_volume_objects(trained_artifact, nuclei_data, tmp_path):  # noqa: F811
+    # the volume 12 times along X (31x61x684) at diameter 30 (no resize; halo 288): the second box
+    # starts at X 54 and holds 92% of the volume; every plane of the three orientations is tiled
+    image = tmp_path / "nuclei_3d_x12.tif"
+    tifffile.imwrite(image, np.tile(tifffile.imread(nuclei_data / "nuclei_3d.tif"), (1, 1, 12)), metadata={"axes": "ZYX"})
+    run = split_vs_whole("cellpose", "nuclei", trained_artifact("cellpose", 3), image, (1, 1, 2), tmp_path / "run",
+                         params={"diameter": 30, "do_3D": True})
+    assert run["starts"][1][2] == 54, run
+    assert run["whole_objects"] > 200
+    assert run["aligned"]["same"] and run["aligned"]["f1"] == 1.0, run
 
 
 def test_cellpose_missing_model_file_is_an_error_not_a_download(nuclei_data, tmp_path):  # noqa: F811

@@ -14,7 +14,7 @@ import pytest
 import tifffile
 
 from aiod.metrics import match_labels
-from family_envs import nuclei_data, run_in_family, segment_in_family, trained_artifact  # noqa: F401
+from family_envs import nuclei_data, run_in_family, segment_in_family, split_vs_whole, trained_artifact  # noqa: F401
 from pipeline_helpers import tree_digest
 
 pytestmark = pytest.mark.families
@@ -87,23 +87,12 @@ def test_stardist_min_halo_covers_the_receptive_field_stardist_measures(trained_
     assert field["min_halo"] == max(field["computed"]) <= 1.25 * max(field["measured"]) + 2, field
 
 
-def split_vs_whole(artifact, version, image, grid, workdir, **flags) -> dict:
-    """tests/families/split_vs_whole.py on one image: the adapter whole, and split on `grid` with
-    the pipeline's planner and merge (and, with flags, unaligned and StarDist's big mode)."""
-    workdir.mkdir(parents=True)
-    job = {"family": "stardist", "version": version, "artifact": str(artifact),
-           "cases": [{"name": "case", "image": str(image), "grid": list(grid), **flags}]}
-    (workdir / "job.json").write_text(json.dumps(job))
-    proc = run_in_family("stardist", "split_vs_whole.py", workdir / "job.json", cwd=workdir)
-    return json.loads(proc.stdout.strip().splitlines()[-1])["case"]
-
-
 def test_stardist_2d_split_in_four_gives_the_whole_image_objects_and_stardists_own_big_mode(
         trained_artifact, nuclei_data, tmp_path):  # noqa: F811
     # the real nuclei tiled 2x2: 1024x1024, ~430 nuclei; each box sees about 60% of the image
     image = tmp_path / "nuclei_1024.tif"
     tifffile.imwrite(image, np.tile(tifffile.imread(nuclei_data / "nuclei_2d.tif"), (2, 2)))
-    run = split_vs_whole(trained_artifact("stardist", 2), "2D_versatile_fluo", image, (2, 2), tmp_path / "run",
+    run = split_vs_whole("stardist", "2D_versatile_fluo", trained_artifact("stardist", 2), image, (2, 2), tmp_path / "run",
                          unaligned=True, peer=True)
     stride = run["align"][0]
     assert stride > 1 and all(s % stride == 0 for starts in run["starts"] for s in starts)
@@ -120,6 +109,6 @@ def test_stardist_3d_split_gives_the_whole_volume_objects(trained_artifact, nucl
     # the volume twice along Y (31x122x57), split in two along Y: the second box starts inside it
     image = tmp_path / "nuclei_3d_twice.tif"
     tifffile.imwrite(image, np.tile(tifffile.imread(nuclei_data / "nuclei_3d.tif"), (1, 2, 1)), metadata={"axes": "ZYX"})
-    run = split_vs_whole(trained_artifact("stardist", 3), "3D_demo", image, (1, 2, 1), tmp_path / "run")
+    run = split_vs_whole("stardist", "3D_demo", trained_artifact("stardist", 3), image, (1, 2, 1), tmp_path / "run")
     assert 0 < run["starts"][1][1] < 61 and run["starts"][1][1] % run["align"][1] == 0
     assert run["aligned"]["same"], run

@@ -38,8 +38,10 @@ class SplitRun:
 
 
 def split_and_whole(adapter, model, image, params, prepared, grid, workdir: Path, *, artifact=None,
-                    config: dict | None = None, overlap: int = 0, align=None) -> SplitRun:
-    """`image` is an open aiod.imageio image; `align` None takes the adapter's own."""
+                    config: dict | None = None, overlap: int = 0, align=None, segment=None) -> SplitRun:
+    """`image` is an open aiod.imageio image; `align` None takes the adapter's own, `segment`
+    None the adapter's."""
+    segment = segment or adapter.segment
     config = config or {}
     ndim = len(image.spatial_shape)
     spacing = image.scale or (1.0,) * ndim
@@ -49,15 +51,15 @@ def split_and_whole(adapter, model, image, params, prepared, grid, workdir: Path
     the_plan = planner.plan_substacks(image.spatial_shape, image.spatial_axes, tuple(grid), (halo,) * ndim,
                                       bytes_per_voxel=1, memory_budget=None, align=align)
     started = time.time()
-    whole, _ = adapter.segment(model, image.read(tuple(slice(0, n) for n in image.spatial_shape)), params, prepared,
-                               spacing)
+    whole, _ = segment(model, image.read(tuple(slice(0, n) for n in image.spatial_shape)), params, prepared, spacing)
     whole_seconds = time.time() - started
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     paths = []
     started = time.time()
     for sub in the_plan.substacks:
-        labels, _ = adapter.segment(model, image.read(sub.box_slices), params, prepared, spacing)
+        labels, _ = segment(model, image.read(sub.box_slices), params, prepared, spacing,
+                            origin=tuple(a for a, _ in sub.box))
         paths.append(workdir / f"substack_{sub.index}.zarr")
         substack_labels.write_substack_labels(paths[-1], labels, sub.index, plan=the_plan)
     holder = {}
@@ -85,8 +87,11 @@ def compare(whole: np.ndarray, other: np.ndarray) -> dict:
 
 
 def check(adapter, model, image, params, prepared, grid, workdir: Path, *, artifact=None, config=None,
-          unaligned: bool = False, peer: bool = False) -> dict:
-    """Whole against split (and the variants asked for), as one JSON-able record."""
+          unaligned: bool = False, peer: bool = False, library: bool = False) -> dict:
+    """Whole against split (and the variants asked for), as one JSON-able record. `library`:
+    also the adapter's `segment_library` (the library's own evaluation of each box, as before its
+    evaluation was anchored to the image), split against its own whole, and its whole against
+    the adapter's."""
     common = dict(artifact=artifact, config=config)
     aligned = split_and_whole(adapter, model, image, params, prepared, grid, Path(workdir) / "aligned", **common)
     out = {"align": list(aligned.plan.align), "halo": list(aligned.plan.overlap),
@@ -98,6 +103,12 @@ def check(adapter, model, image, params, prepared, grid, workdir: Path, *, artif
                                 **common)
         out["unaligned"] = compare(aligned.whole, loose.split)
         out["unaligned_starts"] = [[a for a, _ in s.box] for s in loose.plan.substacks]
+    if library:
+        own = split_and_whole(adapter, model, image, params, prepared, grid, Path(workdir) / "library",
+                              segment=adapter.segment_library, **common)
+        out["library"] = compare(own.whole, own.split)
+        out["library_whole"] = compare(aligned.whole, own.whole)
+        out["seconds"].update(library_whole=own.whole_seconds, library_split=own.split_seconds)
     if peer:
         started = time.time()
         out["peer"] = compare(aligned.whole, stardist_big(model, image, prepared, params, grid))

@@ -28,9 +28,12 @@ level, and provides:
                                     every box: its total stride (1 = pixel-wise); small files only
     load(artifact, config, params) -> model
                                     the model, from the local verified artifact (None: no artifact)
-    segment(model, array, params, prepared, spacing) -> (labels, scores | None)
+    segment(model, array, params, prepared, spacing, origin=None) -> (labels, scores | None)
                                     uint32 instance labels of one substack (0 = background) and
-                                    per-object scores where the model has them
+                                    per-object scores where the model has them; `origin` is the
+                                    box's first pixel in the image (None: the array is the whole
+                                    image), for families that lay their resize and tiles on the
+                                    image's grid (models/anchored.py)
 `params` is a namespace with one attribute per manifest parameter; `config` is the chosen
 location's `config` mapping.
 """

@@ -100,7 +100,7 @@ def use_bf16(precision: str, device) -> bool:
     return device.type == "cuda" or runtime.cpu_has_bf16()
 
 
-def segment(model, array: np.ndarray, params, prepared: dict, spacing) -> tuple[np.ndarray, dict | None]:
+def segment(model, array: np.ndarray, params, prepared: dict, spacing, origin=None) -> tuple[np.ndarray, dict | None]:
     """Instance labels (uint32, 0 = background) of one 2D or 3D substack; no per-object scores."""
     x = channels_last(array, prepared)
     ndim = x.ndim - 1

@@ -66,7 +66,7 @@ def load(artifact, config: dict, params) -> None:
     return None
 
 
-def segment(model, array: np.ndarray, params, prepared: dict, spacing: tuple[float, ...] | None = None):
+def segment(model, array: np.ndarray, params, prepared: dict, spacing: tuple[float, ...] | None = None, origin=None):
     """Instance labels (uint32, 0 = background) of one 2D or 3D single-channel substack; no
     per-object scores."""
     from scipy import ndimage as ndi

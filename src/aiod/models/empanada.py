@@ -141,7 +141,7 @@ def to_uint8(array: np.ndarray, prepared: dict) -> np.ndarray:
     return np.rint(np.clip(runtime.normalise(array, prepared), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
-def segment(model: Engines, array: np.ndarray, params, prepared: dict, spacing) -> tuple[np.ndarray, None]:
+def segment(model: Engines, array: np.ndarray, params, prepared: dict, spacing, origin=None) -> tuple[np.ndarray, None]:
     """Instance labels (uint32, 0 = background) of one 2D or 3D single-channel substack."""
     image = to_uint8(array, prepared)
     if image.ndim == 2:

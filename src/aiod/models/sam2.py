@@ -95,7 +95,7 @@ def load(artifact: Path | None, config: dict, params):
         output_mode="uncompressed_rle")
 
 
-def segment(model, array: np.ndarray, params, prepared: dict, spacing) -> tuple[np.ndarray, dict | None]:
+def segment(model, array: np.ndarray, params, prepared: dict, spacing, origin=None) -> tuple[np.ndarray, dict | None]:
     """Instance labels (uint32, 0 = background) and {label: predicted IoU} of a 2D or 3D substack."""
     rgb = to_rgb(channels_last(array, prepared))
     if rgb.ndim == 3:

@@ -174,7 +174,7 @@ def load(artifact: Path | None, config: dict, params):
     return model
 
 
-def segment(model, array: np.ndarray, params, prepared: dict, spacing=None):
+def segment(model, array: np.ndarray, params, prepared: dict, spacing=None, origin=None):
     """Instance labels (uint32) and each object's probability."""
     n_dim, n_channel = model.config.n_dim, model.config.n_channel_in
     channels = array.ndim == n_dim + 1

@@ -64,7 +64,8 @@ def _segment(job: dict, image_path: Path, index: int, out: Path, net, load_s: fl
     with imageio.open_image(Path(image_path).resolve(), axes=job["image"]["declared_axes"]) as image:
         array = image.read(sub.box_slices, job["image"]["channel"])
     read_s = time.time() - started
-    labels, _scores = adapter.segment(net, array, params, job["prepared"], job["image"]["scale"])
+    labels, _scores = adapter.segment(net, array, params, job["prepared"], job["image"]["scale"],
+                                      origin=tuple(a for a, _ in sub.box))
     del array
     seg_s = time.time() - started - read_s
     target = out.with_name(f".{out.name}.substack") if alone else out
