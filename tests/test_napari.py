@@ -81,7 +81,8 @@ def run_widget(qapp, w: AiodWidget) -> int:
 
 @pytest.fixture(scope="module")
 def finished_run(qt, tmp_path_factory):
-    """From the widget: a 1100² TIFF picked by path and a 256² image layer, classical/nuclei."""
+    """From the widget: a 1100² TIFF picked by path and a 256² image layer, classical/nuclei,
+    each split 2x2; `shown`: the live layers the widget showed while it ran."""
     tmp = tmp_path_factory.mktemp("napari_run")
     gt = synthetic.touching_nuclei(BIG, n=300, radius=(7.0, 12.0), seed=5)
     tifffile.imwrite(tmp / "big.tif", synthetic.render_nuclei(gt, seed=6), compression="zlib")
@@ -89,11 +90,14 @@ def finished_run(qt, tmp_path_factory):
     viewer = ViewerModel()
     layer = viewer.add_image(small, name="field")
     w = make_widget(tmp, viewer)
+    w.num_substacks.setText("2")
     w.set_model("classical", "nuclei")
     w.add_image_paths([tmp / "big.tif"])
     w.add_layer(layer)
+    shown = []
+    w.substack_shown.connect(lambda name: shown.append((name, name in viewer.layers, w.run_handle.running())))
     code = run_widget(qt, w)
-    return w, viewer, tmp, code
+    return w, viewer, tmp, code, shown
 
 
 # ---- the form ---------------------------------------------------------------------------------
@@ -286,7 +290,7 @@ def test_progress_counts_finished_tasks_from_the_trace_and_the_error_is_the_aiod
 
 @pytest.mark.pipeline
 def test_run_ends_with_each_mask_open_lazily_over_its_image(finished_run):
-    w, viewer, tmp, code = finished_run
+    w, viewer, tmp, code, _shown = finished_run
     assert code == 0, w.run_handle.text()[-3000:]
     assert w.progress.value() == w.progress.maximum() >= 5  # RESOLVE_MODEL, CHECK_INPUT, PLAN, SEGMENT, FINALIZE, ...
     big = viewer.layers["big classical_nuclei"]
@@ -302,10 +306,35 @@ def test_run_ends_with_each_mask_open_lazily_over_its_image(finished_run):
 
 
 @pytest.mark.pipeline
+def test_each_substack_is_shown_as_its_task_finishes_and_the_merged_mask_replaces_them(finished_run):
+    w, viewer, tmp, code, shown = finished_run
+    assert code == 0
+    names = sorted(name for name, _, _ in shown)
+    assert names == sorted(f"{i} classical_nuclei substack {k}/4" for i in ("big", "field") for k in (1, 2, 3, 4))
+    assert all(in_viewer for _, in_viewer, _ in shown)  # each was a layer of the viewer when shown
+    assert any(running for _, _, running in shown)  # while Nextflow still ran (MERGE, FINALIZE were to come)
+    assert not any(name in viewer.layers for name, _, _ in shown)  # the run ended: the merged masks replace them
+    record = command.published_records(tmp / "results", ["big"])[0]
+    merged = level0(viewer.layers["big classical_nuclei"])[...]
+    # a live layer is the substack's labels where its task wrote them, over its image: where the core
+    # lies, it holds an object exactly where the merged mask does
+    seen = set()
+    found = command.finished_substacks(next((tmp / "results" / "pipeline_info").glob("execution_trace_*.txt")), seen)
+    cores = {s.substack: s for s in found if s.id == "big"}
+    assert len(cores) == 4 and not any(s.is_result for s in cores.values()) and len(seen) >= 1
+    for sub in cores.values():
+        core = tuple(slice(a, b) for a, b in sub.core)
+        live = zarr.open_array(store=str(sub.path), mode="r")
+        assert live.shape == tuple(b for _, b in sub.box)  # image coordinates, up to its box's end
+        assert np.array_equal(live[core] > 0, merged[core] > 0)
+    assert record["n_objects"] > 250
+
+
+@pytest.mark.pipeline
 def test_a_published_mask_of_an_ome_zarr_input_opens_with_its_image_in_ome_zarr_py(finished_run, caplog):
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
-    _w, _viewer, tmp, _code = finished_run
+    _w, _viewer, tmp, _code, _shown = finished_run
     record = command.published_records(tmp / "results", ["field"])[0]  # the layer, saved as OME-Zarr for the run
     label = Path(record["published"][".ome.zarr"]) / "labels" / record["labels"]["name"]
     with caplog.at_level("WARNING"):
@@ -317,13 +346,14 @@ def test_a_published_mask_of_an_ome_zarr_input_opens_with_its_image_in_ome_zarr_
 
 @pytest.mark.pipeline
 def test_a_second_request_of_the_same_images_opens_the_runs_masks_from_the_cache_with_no_run(qt, finished_run, monkeypatch):
-    w, viewer, tmp, _code = finished_run
+    w, viewer, tmp, _code, _shown = finished_run
     from napari_aiod import runner
     started = []
     monkeypatch.setattr(runner.PipelineRun, "start", lambda self: started.append(self.argv))
     second = ViewerModel()
     layer = second.add_image(viewer.layers["field"].data, name="field")
     again = make_widget(tmp, second)
+    again.num_substacks.setText("2")
     again.set_model("classical", "nuclei")
     again.add_image_paths([tmp / "big.tif"])
     again.add_layer(layer)
@@ -345,7 +375,7 @@ def test_a_screenshot_of_napari_with_the_widget_a_mask_and_its_plan_is_not_blank
     xvfb_run = shutil.which("xvfb-run")
     if xvfb_run is None:
         pytest.skip("xvfb-run is not installed (`make xvfb` installs it and the X libraries PyQt5 needs)")
-    _w, _viewer, tmp, _code = finished_run
+    _w, _viewer, tmp, _code, _shown = finished_run
     out = tmp_path / "napari.png"
     env = {k: v for k, v in os.environ.items() if k != "QT_QPA_PLATFORM"}
     done = subprocess.run([xvfb_run, "-a", "-s", "-screen 0 1600x1000x24", sys.executable,
@@ -361,7 +391,7 @@ def test_a_screenshot_of_napari_with_the_widget_a_mask_and_its_plan_is_not_blank
 
 @pytest.mark.pipeline
 def test_cache_panel_lists_the_results_and_deletes_the_chosen_one_after_confirming(finished_run, monkeypatch):
-    w, _viewer, tmp, _code = finished_run
+    w, _viewer, tmp, _code, _shown = finished_run
     w.cache_panel.refresh()
     keys = {r["key"]: r for r in w.cache_panel.entries}
     record = command.published_records(tmp / "results", ["big"])[0]

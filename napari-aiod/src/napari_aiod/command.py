@@ -3,13 +3,15 @@
 `write_inputs` writes the same samplesheet and `--model_params` file a person would write for
 the command line; `command_line` is the `nextflow run main.nf ...` that runs them. `Progress`
 reads Nextflow's `-ansi-log false` lines (a task submitted or taken from -resume's cache) and
-the run's trace file (a line per finished task) to count finished tasks; `error_line` finds the
-pipeline's one-line `AIOD ERROR:` message.
+the run's trace file (a line per finished task) to count finished tasks; `finished_substacks`
+finds, from the same trace, the labels each finished SEGMENT task wrote in its work folder;
+`error_line` finds the pipeline's one-line `AIOD ERROR:` message.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,19 +106,75 @@ class Progress:
             self.started += 1
 
     def read_trace(self, path: Path) -> None:
+        rows = _trace_rows(path)
+        if rows:
+            self.finished = sum(1 for r in rows if r.get("status") in FINISHED)
+            self.started = max(self.started, self.finished)
+
+
+def _trace_rows(path: Path) -> list[dict]:
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return []
+    if not lines:
+        return []
+    header = lines[0].split("\t")
+    return [dict(zip(header, ln.split("\t"))) for ln in lines[1:] if ln.count("\t") + 1 == len(header)]
+
+
+@dataclass(frozen=True)
+class Substack:
+    """The labels one SEGMENT task wrote for one substack: `path` is the substack's `labels` array
+    (aiod-substack/2: indexed in image coordinates, so it lies over its image as it is), or, for an
+    image of one substack, the finished result (an OME-Zarr folder)."""
+    id: str
+    label: str
+    substack: int  # 0-based
+    n: int
+    path: Path
+    is_result: bool
+    scale: tuple | None = None  # the image's voxel size per spatial axis (None: unknown)
+    core: tuple = ()  # the substack's core and box: (start, stop) per spatial axis, as PLAN planned them
+    box: tuple = ()
+
+    @property
+    def name(self) -> str:
+        return f"{self.id} {self.label} substack {self.substack + 1}/{self.n}"
+
+
+def finished_substacks(trace: Path, seen: set) -> list[Substack]:
+    """The substacks of the SEGMENT tasks the trace lists as finished (or taken from -resume's
+    cache) whose work folder is not in `seen` yet; adds their folders to `seen`. Each task's
+    items.tsv says which job (the image's plan, PLAN's output), substack and output folder each
+    of its items is."""
+    found = []
+    for row in _trace_rows(trace):
+        if row.get("process", "").split(":")[-1] != "SEGMENT" or row.get("status") not in ("COMPLETED", "CACHED"):
+            continue
+        workdir = Path(row.get("workdir", ""))
+        if not row.get("workdir") or workdir in seen:
+            continue
         try:
-            lines = Path(path).read_text().splitlines()
+            items = [ln.split("\t") for ln in (workdir / "items.tsv").read_text().splitlines() if ln.strip()]
         except OSError:
-            return
-        if not lines:
-            return
-        header = lines[0].split("\t")
-        if "status" not in header:
-            return
-        col = header.index("status")
-        rows = [ln.split("\t") for ln in lines[1:]]
-        self.finished = sum(1 for r in rows if len(r) > col and r[col] in FINISHED)
-        self.started = max(self.started, self.finished)
+            continue
+        seen.add(workdir)
+        jobs: dict[str, dict] = {}
+        for job_path, _image, substack, out in items:
+            try:
+                job = jobs.get(job_path) or jobs.setdefault(job_path, json.loads((workdir / job_path).read_text()))
+            except (OSError, ValueError):
+                continue
+            n, out = len(job["plan"]["substacks"]), workdir / out
+            result = out / "labels.ome.zarr"
+            path, is_result = (result, True) if result.is_dir() else (out / "labels", False)
+            if path.exists():
+                scale, planned = (job.get("image") or {}).get("scale"), job["plan"]["substacks"][int(substack)]
+                found.append(Substack(job["id"], job.get("label") or "", int(substack), n, path, is_result,
+                                      tuple(scale) if scale else None, tuple(map(tuple, planned["core"])),
+                                      tuple(map(tuple, planned["box"]))))
+    return found
 
 
 def error_line(output: str) -> str | None:
@@ -131,7 +189,6 @@ def error_line(output: str) -> str | None:
 
 def published_records(outdir: str | Path, ids) -> list[dict]:
     """The records (`<outdir>/<id>.json`, aiod-record/1) of the given ids that exist."""
-    import json
     out = []
     for sample_id in ids:
         path = Path(outdir).expanduser() / f"{sample_id}.json"

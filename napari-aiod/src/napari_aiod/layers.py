@@ -2,7 +2,8 @@
 
 A published mask (`<id>.ome.zarr/labels/<name>/0, 1, ...`) becomes a list of zarr arrays, one per
 pyramid level, which napari shows as a multiscale labels layer reading only the chunks on screen:
-level 0 is never read whole. An image file is opened the same way (a TIFF through tifffile's zarr
+level 0 is never read whole. While a run goes, each substack's labels are shown as soon as its
+task has written them (`add_substack`). An image file is opened the same way (a TIFF through tifffile's zarr
 view of its pages, an OME-Zarr by its multiscales). An image layer that is not a file yet is
 written as OME-Zarr (aiod.ngff.write_image) before a run, so the pipeline can read it.
 """
@@ -76,6 +77,21 @@ def add_result(viewer, result: Path, image: Path | None, image_layer=None, name:
     # napari takes a pyramid as a list of two or more levels; a one-level mask is its zarr array
     return viewer.add_labels(levels if len(levels) > 1 else levels[0], multiscale=len(levels) > 1,
                              scale=scale, name=title)
+
+
+def add_substack(viewer, found):
+    """One finished substack's labels as they came from its SEGMENT task (command.Substack), over
+    its image: a substack's `labels` array is indexed in image coordinates (zero outside its box),
+    a one-substack image's result is its mask. Its ids are the substack's own until the merge
+    numbers them."""
+    scale = found.scale
+    if found.is_result:
+        levels, result_scale, _ = label_levels(found.path)
+        data, scale = levels[0], scale or result_scale
+    else:
+        data = zarr.open_array(store=str(found.path), mode="r")
+    return viewer.add_labels(data, name=found.name, opacity=0.5,
+                             scale=list(scale)[-data.ndim:] if scale is not None else None)
 
 
 def add_plan(viewer, name: str, plan, scale=None):

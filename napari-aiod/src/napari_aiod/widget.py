@@ -4,7 +4,7 @@ The widget only gathers settings and shows results. The model request is checked
 registry's own code (aiod.models.resolve, as RESOLVE_MODEL checks it); the substack plan it
 previews and the cache entry it looks up before a run are PLAN's own (planning.py); the run is
 `nextflow run main.nf` on the samplesheet and parameter file the widget writes (command.py,
-runner.py), the masks are opened lazily from the OME-Zarr the run published or the cache holds
+runner.py), each substack's labels are shown as its task finishes, the masks are opened lazily from the OME-Zarr the run published or the cache holds
 (layers.py), and the cache panel lists and deletes through aiod.cache_tools (cache_panel.py).
 """
 
@@ -30,6 +30,7 @@ LAYER_PREFIX = "layer: "
 
 class AiodWidget(QWidget):
     run_finished = Signal(int)  # the pipeline's exit code, after the results are opened
+    substack_shown = Signal(str)  # a live layer's name: a substack's labels, as its task wrote them
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
@@ -43,6 +44,8 @@ class AiodWidget(QWidget):
         self.run_handle = None
         self.last_error: str | None = None
         self.added_layers: list = []
+        self.substack_layers: list = []  # this run's live layers (_show_substacks)
+        self.seen_tasks: set = set()  # the SEGMENT work folders already shown
         self.layer_of: dict[str, object] = {}  # sample id -> the image layer it was saved from
 
         tabs = QTabWidget()
@@ -347,7 +350,10 @@ class AiodWidget(QWidget):
         self.progress.setValue(0)
         self.status.setText(f"running: {' '.join(argv[:3])} … (files in {folder})")
         self.run_handle = PipelineRun(argv, folder, command.trace_file(req.outdir, stamp), self)
+        self.seen_tasks: set = set()
+        self.substack_layers: list = []
         self.run_handle.progress.connect(self._on_progress)
+        self.run_handle.progress.connect(self._show_substacks)
         self.run_handle.line.connect(self.log.appendPlainText)
         self.run_handle.done.connect(self._on_done)
         self.run_button.setEnabled(False)
@@ -358,9 +364,27 @@ class AiodWidget(QWidget):
         self.progress.setRange(0, max(1, started))
         self.progress.setValue(finished)
 
+    def _show_substacks(self, *_progress) -> None:
+        """Each substack's labels as soon as its SEGMENT task has finished (the trace's work folder)."""
+        from .layers import add_substack
+        for found in command.finished_substacks(self.run_handle.trace, self.seen_tasks):
+            if found.name in self.viewer.layers:
+                self.viewer.layers.remove(found.name)
+            try:
+                self.substack_layers.append(add_substack(self.viewer, found))
+            except (OSError, ValueError, KeyError) as exc:  # a folder being cleaned up: skip it
+                self.log.appendPlainText(f"{found.name}: not shown ({exc})")
+                continue
+            self.substack_shown.emit(found.name)
+
     def _on_done(self, code: int, error: str | None) -> None:
         self.run_button.setEnabled(True)
         self.stop_button.setEnabled(False)
+        if code == 0:  # the merged masks replace the substacks' own; after a failure they stay, to be looked at
+            for layer in self.substack_layers:
+                if layer in self.viewer.layers:
+                    self.viewer.layers.remove(layer)
+            self.substack_layers = []
         if code != 0:
             folder = self.run_handle.cwd
             self.show_error(error or f"AIOD ERROR: the pipeline stopped (exit {code}); its output: {folder / 'nextflow-output.txt'}")
