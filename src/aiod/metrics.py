@@ -20,9 +20,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from aiod.errors import AiodError
 
@@ -101,6 +98,8 @@ def pair_counts(x: np.ndarray, y: np.ndarray):
         pairs = np.flatnonzero(total)
         return ux[pairs // len(uy)], uy[pairs % len(uy)], total[pairs].astype(np.int64)
     # runs of one pair summed as a sparse matrix: a counting sort by row, not a sort of all runs
+    from scipy.sparse import coo_matrix  # scipy is imported where it is used: COMPARE reads scores only
+
     table = coo_matrix((lengths, (ix, iy)), shape=(len(ux), len(uy))).tocsr()
     table.sum_duplicates()
     table = table.tocoo()
@@ -239,6 +238,10 @@ def _match_pairs(gi, pi, iou, n_true: int, n_pred: int, thresh: float) -> Match:
     gi, pi, iou = gi[keep], pi[keep], iou[keep]
     if len(np.unique(gi)) == len(gi) and len(np.unique(pi)) == len(pi):
         return _scores(thresh, len(gi), n_pred - len(gi), n_true - len(gi), n_true, n_pred, float(iou.sum()))
+    from scipy.optimize import linear_sum_assignment
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
     graph = coo_matrix((np.ones(len(gi)), (gi, n_true + pi)), shape=(n_true + n_pred,) * 2)
     _, comp = connected_components(graph, directed=False)
     order = np.argsort(comp[gi], kind="stable")
