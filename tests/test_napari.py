@@ -408,6 +408,43 @@ def test_cache_panel_lists_the_results_and_deletes_the_chosen_one_after_confirmi
 
 
 @pytest.mark.pipeline
+def test_several_models_run_together_each_in_its_folder_scored_in_one_table_and_then_from_the_cache(qt, tmp_path, monkeypatch):
+    field = synthetic.render_nuclei(synthetic.touching_nuclei((256, 256), n=40, radius=(7.0, 12.0), seed=11), seed=12)
+    tifffile.imwrite(tmp_path / "field.tif", field)
+    viewer = ViewerModel()
+    w = make_widget(tmp_path, viewer)
+    w.set_model("classical", "nuclei")
+    assert w.add_current_model()
+    assert not w.add_current_model() and "same model with the same task and parameters" in w.last_error
+    w.params.set_values({"sigma": 2.5})
+    assert w.add_current_model() and w.models_list.count() == 2
+    assert w.models_list.item(1).text() == "classical:nuclei:nuclei:{sigma: 2.5}"
+    w.add_image_paths([tmp_path / "field.tif"])
+    assert run_widget(qt, w) == 0, w.run_handle.text()[-3000:]
+    argv = w.run_handle.argv
+    assert "--models" in argv and "--model" not in argv  # the models file a person would write
+    labels = w.current.labels
+    assert len(set(labels)) == 2 and all(label.startswith("classical_nuclei-") for label in labels)
+    masks = []
+    for label in labels:
+        assert (tmp_path / "results" / label / "field.ome.zarr").is_dir()  # each model's own folder
+        masks.append(level0(viewer.layers[f"field {label}"])[...])
+    assert not np.array_equal(masks[0], masks[1])  # two models, two masks
+    assert w.scores.rowCount() == 2 and {w.scores.item(i, 0).text().lstrip("* ") for i in range(2)} == set(labels)
+
+    project = w.save_project("two_models")
+    from napari_aiod import runner
+    started = []
+    monkeypatch.setattr(runner.PipelineRun, "start", lambda self: started.append(self.argv))
+    second = ViewerModel()
+    again = make_widget(tmp_path, second)
+    assert again.load_project(project) and again.models == w.models and again.models_list.count() == 2
+    assert run_widget(qt, again) == 0 and started == [] and again.run_handle is None  # both from the cache
+    for label, mask in zip(labels, masks):
+        assert np.array_equal(level0(second.layers[f"field {label}"])[...], mask)
+
+
+@pytest.mark.pipeline
 def test_a_pipeline_error_shows_its_aiod_error_line_in_the_widget(qt, tmp_path):
     w = make_widget(tmp_path)
     w.set_model("classical", "nuclei")

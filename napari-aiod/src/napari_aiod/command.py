@@ -1,7 +1,7 @@
 """A run from the widget as files and a command line, and what its output says (no Qt here).
 
-`write_inputs` writes the same samplesheet and `--model_params` file a person would write for
-the command line; `command_line` is the `nextflow run main.nf ...` that runs them. `Progress`
+`write_inputs` writes the same samplesheet and `--model_params` (or, for several models,
+`--models`) file a person would write for the command line; `command_line` is the `nextflow run main.nf ...` that runs them. `Progress`
 reads Nextflow's `-ansi-log false` lines (a task submitted or taken from -resume's cache) and
 the run's trace file (a line per finished task) to count finished tasks; `finished_substacks`
 finds, from the same trace, the labels each finished SEGMENT task wrote in its work folder;
@@ -38,6 +38,19 @@ class RunRequest:
     outdir: str = "results"
     root_dir: str = "~/.nextflow/aiod"
     save_tiff: bool = False
+    # several models, compared (`--models`): {model, version, task, params} entries; empty: the one above
+    models: list = field(default_factory=list)
+    labels: list = field(default_factory=list)  # each model's label (aiod.model_list), as the run names its results
+
+    def entries(self) -> list[dict]:
+        """The run's models as `--models` entries: the list, or the one model."""
+        return [dict(e) for e in self.models] or [
+            {"model": self.model, "version": self.version, "task": self.task, "params": dict(self.params)}]
+
+    def result_folder(self, label: str) -> Path:
+        """Where the run publishes a model's results: <outdir>/<label>/ for several models, else <outdir>/."""
+        out = Path(self.outdir).expanduser()
+        return out / label if self.models else out
 
 
 def image_id(path: str | Path, taken=()) -> str:
@@ -66,7 +79,10 @@ def write_inputs(request: RunRequest, folder: Path) -> dict[str, Path]:
         writer.writerow(["id", "image"])
         for sample_id, path in request.images:
             writer.writerow([sample_id, str(Path(path).expanduser().resolve())])
-    if request.params:
+    if request.models:
+        files["models"] = folder / "models.yaml"
+        files["models"].write_text(yaml.safe_dump(request.entries(), sort_keys=False))
+    elif request.params:
         files["model_params"] = folder / "model_params.yaml"
         files["model_params"].write_text(yaml.safe_dump(dict(request.params), sort_keys=False))
     return files
@@ -78,9 +94,12 @@ def command_line(request: RunRequest, files: dict[str, Path], nextflow: str, mai
     args = [nextflow, "run", str(main_nf), "-profile", request.profile, "-ansi-log", "false",
             "--input", str(files["input"]),
             "--outdir", str(Path(request.outdir).expanduser().resolve()),
-            "--root_dir", str(Path(request.root_dir).expanduser().resolve()),
-            "--model", request.model, "--model_version", request.version, "--task", request.task,
-            "--num_substacks", str(request.num_substacks), "--overlap", str(request.overlap),
+            "--root_dir", str(Path(request.root_dir).expanduser().resolve())]
+    if "models" in files:
+        args += ["--models", str(files["models"])]
+    else:
+        args += ["--model", request.model, "--model_version", request.version, "--task", request.task]
+    args += ["--num_substacks", str(request.num_substacks), "--overlap", str(request.overlap),
             "--trace_report_suffix", suffix]
     if "model_params" in files:
         args += ["--model_params", str(files["model_params"])]

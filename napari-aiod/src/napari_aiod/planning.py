@@ -15,6 +15,7 @@ here the defaults are used.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +25,16 @@ class NotKnownYet(Exception):
     """The request cannot be planned here (the model's weights are not fetched yet)."""
 
 
-def model_spec(request, root_dir: Path) -> dict:
-    """The model spec of the request as FETCH_ARTIFACTS writes it, from the artifacts already in
-    the checkpoints under `root_dir`; NotKnownYet when the weights are not fetched yet."""
+def model_spec(entry: dict, root_dir: Path) -> dict:
+    """The model spec of one of the request's models (RunRequest.entries) as FETCH_ARTIFACTS
+    writes it, from the artifacts already in the checkpoints under `root_dir`; NotKnownYet when
+    the weights are not fetched yet."""
     from aiod.artifacts import fetched
     from aiod.models import resolve
-    spec = resolve(request.model, request.version, request.task, request.params, source="napari")
+    spec = resolve(entry["model"], entry["version"], entry["task"], entry.get("params") or {}, source="napari")
     spec["artifact"] = fetched(spec, Path(root_dir).expanduser()) if spec["locations"] else None
     if spec["locations"] and spec["artifact"] is None:
-        raise NotKnownYet(f"the weights of {request.model}/{request.version} are not in the cache yet: "
+        raise NotKnownYet(f"the weights of {entry['model']}/{entry['version']} are not in the cache yet: "
                           "the first run fetches them")
     return spec
 
@@ -88,7 +90,7 @@ def draw_plans(viewer, items, request, defaults: dict) -> list:
     layer `<id> substacks` over it (layers.add_plan); the layers."""
     from aiod.imageio import open_image
     from .layers import add_plan
-    spec = model_spec(request, Path(request.root_dir))
+    spec = model_spec(request.entries()[0], Path(request.root_dir))  # several models: the first one's plan
     drawn = []
     for sample_id, item in items:
         if "layer" in item:
@@ -100,29 +102,30 @@ def draw_plans(viewer, items, request, defaults: dict) -> list:
     return drawn
 
 
-def open_cached(viewer, request, layer_of: dict, defaults: dict) -> list[tuple[str, Path, object]]:
+def open_cached(viewer, request, layer_of: dict, defaults: dict) -> list[tuple[str, str, Path, object]]:
     """Open each image of the request (`request.images`: (id, path)) whose result is in the
-    cache, as a labels layer over its image (layers.add_result): (id, cache entry, layer) of
-    each. An image saved from a layer (`layer_of`: id -> layer) is small and new: its
-    fingerprint is computed. A model whose weights are not fetched yet, an image PLAN has not
-    seen under this root, or one the lookup cannot read is left to the run, which reports its
-    own errors."""
-    import json
+    cache, for each of its models (`request.labels` name them), as a labels layer over its image
+    (layers.add_result): (id, model label, cache entry, layer) of each. An image saved from a
+    layer (`layer_of`: id -> layer) is small and new: its fingerprint is computed. A model whose
+    weights are not fetched yet, an image PLAN has not seen under this root, or one the lookup
+    cannot read is left to the run, which reports its own errors."""
     from aiod.errors import AiodError
     from .layers import add_result
-    try:
-        spec = model_spec(request, Path(request.root_dir))
-    except (NotKnownYet, AiodError):
-        return []
     hits = []
-    for sample_id, path in request.images:
+    for entry, label in zip(request.entries(), request.labels or [None]):
         try:
-            entry = cached(Path(path), spec, request, defaults, read=sample_id in layer_of)
-        except (AiodError, OSError, ValueError):
+            spec = model_spec(entry, Path(request.root_dir))
+        except (NotKnownYet, AiodError):
             continue
-        if entry is not None:
-            name = json.loads((entry / "manifest.json").read_text())["labels"]["name"]
-            layer = add_result(viewer, entry / "labels.ome.zarr", Path(path), layer_of.get(sample_id),
-                               name=f"{sample_id} {name}")
-            hits.append((sample_id, entry, layer))
+        for sample_id, path in request.images:
+            try:
+                found = cached(Path(path), spec, request, defaults, read=sample_id in layer_of)
+            except (AiodError, OSError, ValueError):
+                continue
+            if found is not None:
+                name = f"{sample_id} {label or json.loads((found / 'manifest.json').read_text())['labels']['name']}"
+                if name in viewer.layers:
+                    viewer.layers.remove(name)
+                layer = add_result(viewer, found / "labels.ome.zarr", Path(path), layer_of.get(sample_id), name=name)
+                hits.append((sample_id, label, found, layer))
     return hits

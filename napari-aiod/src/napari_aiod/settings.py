@@ -4,6 +4,9 @@ A project file is plain YAML a person can read and edit:
 
     format: napari-aiod-project/1
     images: [/data/field_1.tif]
+    models:                       # the models to compare (--models); [] : the model below alone
+    - {model: classical, version: nuclei, task: nuclei, params: {}}
+    - {model: classical, version: nuclei, task: nuclei, params: {sigma: 2.5}}
     model: classical
     version: nuclei
     task: nuclei
@@ -25,7 +28,7 @@ import yaml
 
 FORMAT = "napari-aiod-project/1"
 FOLDER = "project_configs"
-KEYS = ("images", "model", "version", "task", "params", "num_substacks", "overlap", "profile",
+KEYS = ("images", "models", "model", "version", "task", "params", "num_substacks", "overlap", "profile",
         "outdir", "root_dir", "save_tiff")
 
 
@@ -65,6 +68,9 @@ def load(path: Path) -> dict:
         raise ProjectFileError(f"{path}: unknown field(s) {', '.join(unknown)}; fields: {', '.join(KEYS)}")
     if not isinstance(data.get("images", []), list):
         raise ProjectFileError(f"{path}: images: expected a list of image paths")
+    models = data.get("models", [])
+    if not isinstance(models, list) or not all(isinstance(m, dict) and "model" in m for m in models):
+        raise ProjectFileError(f"{path}: models: expected a list of {{model, version, task, params}} mappings")
     if not isinstance(data.get("params", {}), dict):
         raise ProjectFileError(f"{path}: params: expected a mapping of parameter names to values")
     return {k: data[k] for k in KEYS if k in data}

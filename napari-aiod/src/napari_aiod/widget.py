@@ -47,6 +47,7 @@ class AiodWidget(QWidget):
         self.substack_layers: list = []  # this run's live layers (_show_substacks)
         self.seen_tasks: set = set()  # the SEGMENT work folders already shown
         self.layer_of: dict[str, object] = {}  # sample id -> the image layer it was saved from
+        self.models: list[dict] = []  # the models to compare: {model, version, task, params}; empty: the form's
 
         tabs = QTabWidget()
         tabs.addTab(self._run_tab(), "Run")
@@ -97,6 +98,20 @@ class AiodWidget(QWidget):
         self.description.setWordWrap(True)
         for name, w in (("family", self.family), ("version", self.version), ("task", self.task), ("", self.description)):
             form.addRow(name, w)
+        self.models_list = QListWidget()
+        self.models_list.setToolTip("several models run on the same images and are compared (--models); "
+                                    "empty: the model above alone")
+        self.models_list.setMaximumHeight(80)
+        row = QHBoxLayout()
+        self.add_model_button = QPushButton("Add to comparison")
+        self.add_model_button.setToolTip("add the model above, with its parameters, to the models to compare")
+        self.add_model_button.clicked.connect(self.add_current_model)
+        self.remove_model_button = QPushButton("Remove")
+        self.remove_model_button.clicked.connect(self._remove_models)
+        row.addWidget(self.add_model_button)
+        row.addWidget(self.remove_model_button)
+        form.addRow("compare", self.models_list)
+        form.addRow("", row)
         col.addWidget(box)
 
         box = QGroupBox("Parameters")
@@ -175,6 +190,40 @@ class AiodWidget(QWidget):
         self.description.setText(manifest.description)
         self.params.build(manifest, version)
 
+    def add_current_model(self) -> bool:
+        """Add the form's model (family, version, task, changed parameters) to the models to
+        compare, checked with the others by the registry's code; False (and the error shown) if
+        it is refused."""
+        from aiod.errors import AiodError
+        entry = self._form_entry()
+        try:
+            self._resolve([*self.models, entry])
+        except AiodError as exc:  # ModelError: the registry's one-line message
+            self.show_error(f"AIOD ERROR: {exc}")
+            return False
+        self.models.append(entry)
+        self.models_list.addItem(_entry_text(entry))
+        self.status.setStyleSheet("")
+        self.status.setText(f"{len(self.models)} model(s) to compare")
+        return True
+
+    def _remove_models(self) -> None:
+        for row in sorted((self.models_list.row(i) for i in self.models_list.selectedItems()), reverse=True):
+            self.models_list.takeItem(row)
+            del self.models[row]
+
+    def _form_entry(self) -> dict:
+        return {"model": self.family.currentText(), "version": self.version.currentText(),
+                "task": self.task.currentText(), "params": self.params.overrides()}
+
+    @staticmethod
+    def _resolve(entries: list[dict]) -> list[dict]:
+        """The entries resolved and labelled as the run will (aiod.model_list), or ModelError."""
+        from aiod.model_list import resolve_entries
+        if len(entries) == 1:
+            return resolve_entries(entries, source="napari")
+        return resolve_entries(entries, source="--models (napari)")
+
     # ---- images ------------------------------------------------------------------------------
 
     def add_image_paths(self, paths) -> None:
@@ -209,7 +258,8 @@ class AiodWidget(QWidget):
 
     def settings(self) -> dict:
         """The form as a project file's settings (image layers are not files: not saved)."""
-        return {"images": [i["path"] for i in self.images if "path" in i], "model": self.family.currentText(),
+        return {"images": [i["path"] for i in self.images if "path" in i], "models": [dict(e) for e in self.models],
+                "model": self.family.currentText(),
                 "version": self.version.currentText(), "task": self.task.currentText(),
                 "params": self.params.raw_values(), "num_substacks": self.num_substacks.text(),
                 "overlap": self.overlap.text(), "profile": self.profile.currentText(), "outdir": self.outdir.text(),
@@ -223,6 +273,17 @@ class AiodWidget(QWidget):
         unknown = self.params.set_values(s.get("params") or {})
         if unknown:
             raise settings.ProjectFileError(f"params: {', '.join(unknown)}: not parameters of {self.family.currentText()}")
+        if "models" in s:
+            models = [dict(e) for e in s["models"] or []]
+            if models:
+                from aiod.errors import AiodError
+                try:
+                    self._resolve(models)
+                except (AiodError, KeyError, TypeError) as exc:
+                    raise settings.ProjectFileError(f"models: {exc}") from None
+            self.models = models
+            self.models_list.clear()
+            self.models_list.addItems([_entry_text(e) for e in models])
         if "images" in s:
             self.images = [i for i in self.images if "layer" in i]
             self.image_list.clear()
@@ -270,11 +331,11 @@ class AiodWidget(QWidget):
 
     def request(self) -> command.RunRequest:
         """The run the form describes, its model checked by the registry (ModelError)."""
-        from aiod.models import resolve
-        family, version, task = self.family.currentText(), self.version.currentText(), self.task.currentText()
-        overrides = self.params.overrides()
-        resolve(family, version, task, overrides, source="napari")
+        form = self._form_entry()
+        specs = self._resolve(self.models or [form])
+        family, version, task, overrides = form["model"], form["version"], form["task"], form["params"]
         return command.RunRequest(images=[], model=family, version=version, task=task, params=overrides,
+                                  models=[dict(e) for e in self.models], labels=[spec["label"] for spec in specs],
                                   num_substacks=self.num_substacks.text().strip() or "auto",
                                   overlap=self.overlap.text().strip() or "32", profile=self.profile.currentText(),
                                   outdir=self.outdir.text(), root_dir=self.root_dir.text(),
@@ -335,11 +396,13 @@ class AiodWidget(QWidget):
             self.show_error(f"AIOD ERROR: {exc}")
             return
         hits = self.open_cached(req)
-        req.images = [(sample_id, path) for sample_id, path in req.images if sample_id not in hits]
-        if not req.images:
-            self.status.setText(f"from the cache: {len(hits)} image(s), no run")
+        if len(hits) == len(req.images) * len(req.labels):
+            what = f"{len(hits)} image(s)" if len(req.labels) == 1 else f"{len(hits)} results of {len(req.labels)} models"
+            self.status.setText(f"from the cache: {what}, no run")
             self.run_finished.emit(0)
             return
+        if not req.models:  # one model: the run takes the others; several: all, so that one table compares them
+            req.images = [(sample_id, path) for sample_id, path in req.images if (sample_id, req.labels[0]) not in hits]
         from .runner import PipelineRun
         folder = root / settings.FOLDER / "runs" / stamp
         files = command.write_inputs(req, folder)
@@ -394,23 +457,36 @@ class AiodWidget(QWidget):
         self.cache_panel.refresh()
         self.run_finished.emit(code)
 
-    def open_cached(self, req: command.RunRequest) -> list[str]:
-        """Open the images' results already in the cache (planning.open_cached); their ids."""
+    def open_cached(self, req: command.RunRequest) -> list[tuple[str, str]]:
+        """Open the results already in the cache (planning.open_cached); their (id, model label)."""
         from .planning import open_cached
         hits = open_cached(self.viewer, req, self.layer_of, pipeline_defaults())
-        for sample_id, entry, layer in hits:
+        for sample_id, label, entry, layer in hits:
             self.added_layers.append(layer)
-            self.log.appendPlainText(f"{sample_id}: from the cache ({entry})")
-        return [sample_id for sample_id, _, _ in hits]
+            self.log.appendPlainText(f"{sample_id} {label}: from the cache ({entry})")
+        return [(sample_id, label) for sample_id, label, _, _ in hits]
 
     def open_results(self, req: command.RunRequest) -> None:
-        """Each published mask as a lazy multiscale labels layer over its image; the scores."""
+        """Each published mask (of each model) as a lazy multiscale labels layer over its image
+        (replacing one opened from the cache before the run); the scores."""
         from .layers import add_result
         paths = dict(req.images)
-        for record in command.published_records(req.outdir, paths):
-            sample_id = record["id"]
-            result = Path((record.get("published") or {}).get(".ome.zarr") or Path(req.outdir).expanduser() / f"{sample_id}.ome.zarr")
-            layer = add_result(self.viewer, result, Path(record["image"]), self.layer_of.get(sample_id),
-                               name=f"{sample_id} {record['labels']['name']}")
-            self.added_layers.append(layer)
+        for label in req.labels:
+            folder = req.result_folder(label)
+            for record in command.published_records(folder, paths):
+                sample_id = record["id"]
+                result = Path((record.get("published") or {}).get(".ome.zarr") or folder / f"{sample_id}.ome.zarr")
+                name = f"{sample_id} {record.get('model_label') or record['labels']['name']}"
+                if name in self.viewer.layers:
+                    self.viewer.layers.remove(name)
+                layer = add_result(self.viewer, result, Path(record["image"]), self.layer_of.get(sample_id), name=name)
+                self.added_layers.append(layer)
         self.scores.read(Path(req.outdir).expanduser() / "comparison.json")
+
+
+def _entry_text(entry: dict) -> str:
+    """A model entry as --models writes it: family:version:task, then its changed parameters."""
+    import yaml
+    text = ":".join(entry[k] for k in ("model", "version", "task") if entry.get(k))
+    params = entry.get("params") or {}
+    return text + (":" + yaml.safe_dump(dict(params), default_flow_style=True).strip() if params else "")
