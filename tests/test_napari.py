@@ -156,18 +156,20 @@ def test_project_file_round_trips_the_settings(qt, tmp_path):
     w.params.fields["sigma"].setValue(3.5)
     w.params.fields["threshold"].setEditText("120")
     w.overlap.setText("16")
+    w.substack_memory.setText("12 GB")
+    w.fingerprint.setCurrentText("sample")
     saved = w.settings()
     path = w.save_project("lab-run")
     assert path == tmp_path / "root" / "project_configs" / "lab-run.yaml"
     assert yaml.safe_load(path.read_text())["params"]["threshold"] == 120.0
     other = make_widget(tmp_path)
     assert other.load_project(path)
-    assert other.settings() == saved
+    assert other.settings() == saved and other.request().substack_memory == "12 GB" and other.request().fingerprint == "sample"
 
 
 # ---- before a run: the substack plan and the cache --------------------------------------------------
 
-def pipeline_plan(tmp, image_path, params=None, num_substacks="2,3", overlap="8", sample_id="img"):
+def pipeline_plan(tmp, image_path, params=None, num_substacks="2,3", overlap="8", sample_id="img", substack_memory="6 GB"):
     """What the pipeline's own PLAN step (aiod plan, in-process) makes of the image."""
     from aiod import cli
     from aiod.steps import plan as plan_step
@@ -178,7 +180,7 @@ def pipeline_plan(tmp, image_path, params=None, num_substacks="2,3", overlap="8"
         args += ["--params", str(tmp / "params.yaml")]
     assert cli.main(args) == 0
     job = plan_step.plan(image_path=image_path, sample_id=sample_id, axes=None, channel=None, model_json=model,
-                         num_substacks=num_substacks, overlap=overlap, substack_memory="6 GB", root_dir=tmp / "root",
+                         num_substacks=num_substacks, overlap=overlap, substack_memory=substack_memory, root_dir=tmp / "root",
                          fingerprint_mode="full", out=tmp / f"{sample_id}.plan.json")
     return job
 
@@ -203,6 +205,25 @@ def test_the_plan_preview_draws_one_rectangle_per_substack_of_plans_own_plan(qt,
     w.num_substacks.setText("1")
     [again] = w.preview_plan()
     assert len(again.data) == 1 and [x.name for x in viewer.layers].count("img substacks") == 1  # replaced
+
+
+def test_auto_substacks_follow_the_forms_task_memory_as_plan_sizes_them(qt, tmp_path):
+    tifffile.imwrite(tmp_path / "big.tif", np.zeros((3000, 3000), "uint8"))
+    viewer = ViewerModel()
+    w = make_widget(tmp_path, viewer)
+    w.set_model("classical", "nuclei")
+    w.add_image_paths([tmp_path / "big.tif"])
+    w.num_substacks.setText("auto")
+    counts = {}
+    for memory in ("6 GB", "400 MB"):
+        w.substack_memory.setText(memory)
+        [layer] = w.preview_plan()
+        job = pipeline_plan(tmp_path, tmp_path / "big.tif", num_substacks="auto", sample_id="big", substack_memory=memory)
+        counts[memory] = len(layer.data)
+        assert counts[memory] == len(job["plan"]["substacks"])
+    assert counts["6 GB"] == 1 < counts["400 MB"]
+    argv = command.command_line(w.request(), {"input": tmp_path / "s.csv"}, "nextflow", tmp_path / "main.nf", "s")
+    assert argv[argv.index("--substack_memory") + 1] == "400 MB" and argv[argv.index("--fingerprint") + 1] == "full"
 
 
 def test_the_plan_preview_of_a_3d_layer_has_a_rectangle_for_each_substack_in_z_too(qt, tmp_path):
@@ -263,7 +284,8 @@ def test_the_run_is_the_command_line_a_person_would_type(tmp_path):
     assert argv == ["nextflow", "run", str(tmp_path / "main.nf"), "-profile", "local,demo", "-ansi-log", "false",
                     "--input", str(tmp_path / "run" / "samplesheet.csv"), "--outdir", str(tmp_path / "out"),
                     "--root_dir", str(tmp_path / "root"), "--model", "classical", "--model_version", "nuclei",
-                    "--task", "nuclei", "--num_substacks", "2", "--overlap", "24", "--trace_report_suffix", "s1",
+                    "--task", "nuclei", "--num_substacks", "2", "--overlap", "24", "--substack_memory", "6 GB",
+                    "--fingerprint", "full", "--trace_report_suffix", "s1",
                     "--model_params", str(tmp_path / "run" / "model_params.yaml")]
     assert files["input"].read_text().splitlines() == ["id,image", f"field_1,{tmp_path / 'field_1.tif'}"]
     assert yaml.safe_load(files["model_params"].read_text()) == {"sigma": 2.0}

@@ -34,6 +34,8 @@ class RunRequest:
     params: dict = field(default_factory=dict)
     num_substacks: str = "auto"
     overlap: str = "32"
+    substack_memory: str = "6 GB"  # the pipeline's defaults (nextflow_schema.json)
+    fingerprint: str = "full"
     profile: str = "local"
     outdir: str = "results"
     root_dir: str = "~/.nextflow/aiod"
@@ -100,7 +102,8 @@ def command_line(request: RunRequest, files: dict[str, Path], nextflow: str, mai
     else:
         args += ["--model", request.model, "--model_version", request.version, "--task", request.task]
     args += ["--num_substacks", str(request.num_substacks), "--overlap", str(request.overlap),
-            "--trace_report_suffix", suffix]
+             "--substack_memory", str(request.substack_memory), "--fingerprint", str(request.fingerprint),
+             "--trace_report_suffix", suffix]
     if "model_params" in files:
         args += ["--model_params", str(files["model_params"])]
     if request.save_tiff:

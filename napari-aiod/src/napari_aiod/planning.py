@@ -8,9 +8,8 @@ RESOLVE_MODEL and FETCH_ARTIFACTS would give the run:
 - `cached`: the finished cache entry PLAN would find (`find_result`: the same plan and cache
   key), so that a result already computed opens without starting Nextflow (`open_cached`).
 
-Settings the form does not have are the pipeline's defaults (nextflow_schema.json):
-`--substack_memory` and `--fingerprint`. A profile that changes them gets its plan from PLAN;
-here the defaults are used.
+The request carries every setting these depend on (substacks, overlap, `substack_memory`,
+`fingerprint`), as the run will be given them on its command line.
 """
 
 from __future__ import annotations
@@ -47,10 +46,10 @@ def layer_image(layer):
     return ImageSource(Path(layer.name), layer.data, axes, dict(zip(axes, (float(s) for s in layer.scale))))
 
 
-def plan_of(image, spec: dict, request, defaults: dict):
+def plan_of(image, spec: dict, request):
     """PLAN's substack plan of an open image (aiod.imageio.ImageSource) for the request."""
     from aiod.steps.plan import plan_for
-    return plan_for(image, spec, request.num_substacks, request.overlap, defaults["substack_memory"])
+    return plan_for(image, spec, request.num_substacks, request.overlap, request.substack_memory)
 
 
 def rectangles(plan) -> list[np.ndarray]:
@@ -74,18 +73,18 @@ def features(plan) -> dict[str, list]:
             "box": [ranges(s.box) for s in plan.substacks]}
 
 
-def cached(image_path: Path, spec: dict, request, defaults: dict, read: bool = False) -> Path | None:
+def cached(image_path: Path, spec: dict, request, read: bool = False) -> Path | None:
     """The cache entry a run of this request would take for the image, or None; with `read`
     False the image's bytes are never read (an image PLAN has not seen under this root is a
     miss here, and the run finds out)."""
     from aiod.steps.plan import find_result
     return find_result(image_path=Path(image_path), spec=spec, num_substacks=request.num_substacks,
-                       overlap=request.overlap, substack_memory=defaults["substack_memory"],
-                       root_dir=Path(request.root_dir).expanduser(), fingerprint_mode=defaults["fingerprint"],
+                       overlap=request.overlap, substack_memory=request.substack_memory,
+                       root_dir=Path(request.root_dir).expanduser(), fingerprint_mode=request.fingerprint,
                        read=read)
 
 
-def draw_plans(viewer, items, request, defaults: dict) -> list:
+def draw_plans(viewer, items, request) -> list:
     """Each image's plan (`items`: (sample id, {"path"} or {"layer"}) pairs) drawn as a shapes
     layer `<id> substacks` over it (layers.add_plan); the layers."""
     from aiod.imageio import open_image
@@ -94,15 +93,15 @@ def draw_plans(viewer, items, request, defaults: dict) -> list:
     drawn = []
     for sample_id, item in items:
         if "layer" in item:
-            the_plan, scale = plan_of(layer_image(item["layer"]), spec, request, defaults), item["layer"].scale
+            the_plan, scale = plan_of(layer_image(item["layer"]), spec, request), item["layer"].scale
         else:
             with open_image(Path(item["path"]).expanduser()) as image:
-                the_plan, scale = plan_of(image, spec, request, defaults), image.scale
+                the_plan, scale = plan_of(image, spec, request), image.scale
         drawn.append(add_plan(viewer, f"{sample_id} substacks", the_plan, scale))
     return drawn
 
 
-def open_cached(viewer, request, layer_of: dict, defaults: dict) -> list[tuple[str, str, Path, object]]:
+def open_cached(viewer, request, layer_of: dict) -> list[tuple[str, str, Path, object]]:
     """Open each image of the request (`request.images`: (id, path)) whose result is in the
     cache, for each of its models (`request.labels` name them), as a labels layer over its image
     (layers.add_result): (id, model label, cache entry, layer) of each. An image saved from a
@@ -119,7 +118,7 @@ def open_cached(viewer, request, layer_of: dict, defaults: dict) -> list[tuple[s
             continue
         for sample_id, path in request.images:
             try:
-                found = cached(Path(path), spec, request, defaults, read=sample_id in layer_of)
+                found = cached(Path(path), spec, request, read=sample_id in layer_of)
             except (AiodError, OSError, ValueError):
                 continue
             if found is not None:

@@ -13,6 +13,8 @@ A project file is plain YAML a person can read and edit:
     params: {sigma: 1.0, threshold: otsu, ...}
     num_substacks: '2'
     overlap: '24'
+    substack_memory: 6 GB
+    fingerprint: full
     profile: local
     outdir: /data/results
     root_dir: /lab/aiod
@@ -28,8 +30,8 @@ import yaml
 
 FORMAT = "napari-aiod-project/1"
 FOLDER = "project_configs"
-KEYS = ("images", "models", "model", "version", "task", "params", "num_substacks", "overlap", "profile",
-        "outdir", "root_dir", "save_tiff")
+KEYS = ("images", "models", "model", "version", "task", "params", "num_substacks", "overlap", "substack_memory",
+        "fingerprint", "profile", "outdir", "root_dir", "save_tiff")
 
 
 class ProjectFileError(ValueError):

@@ -125,6 +125,15 @@ class AiodWidget(QWidget):
         self.num_substacks.setToolTip("substacks per axis: 'auto', one number, or one per axis (e.g. 2,4,4)")
         self.overlap = QLineEdit("32")
         self.overlap.setToolTip("overlap between substacks: pixels or a fraction, one value or one per axis")
+        defaults = pipeline_defaults()
+        self.substack_memory = QLineEdit(str(defaults.get("substack_memory", "6 GB")))
+        self.substack_memory.setToolTip("memory one segmentation task may use, the model included: "
+                                        "'auto' substacks are sized to fit it (e.g. 6 GB, 24 GB)")
+        self.fingerprint = QComboBox()
+        self.fingerprint.addItems(["full", "sample"])
+        self.fingerprint.setCurrentText(str(defaults.get("fingerprint", "full")))
+        self.fingerprint.setToolTip("how images are identified in the cache: full hashes every byte (remembered "
+                                    "per file until it changes), sample only metadata and a bounded sample")
         self.profile = QComboBox()
         self.profile.setEditable(True)
         self.profile.addItems(profiles(self.project))
@@ -132,7 +141,8 @@ class AiodWidget(QWidget):
         self.outdir = QLineEdit(str(Path.cwd() / "results"))
         self.root_dir = QLineEdit(str(Path("~/.nextflow/aiod").expanduser()))
         self.save_tiff = QCheckBox("also publish a TIFF copy")
-        for name, w in (("substacks", self.num_substacks), ("overlap", self.overlap), ("profile", self.profile),
+        for name, w in (("substacks", self.num_substacks), ("overlap", self.overlap),
+                        ("task memory", self.substack_memory), ("fingerprint", self.fingerprint), ("profile", self.profile),
                         ("output folder", self.outdir), ("root (cache)", self.root_dir), ("", self.save_tiff)):
             form.addRow(name, w)
         col.addWidget(box)
@@ -262,7 +272,8 @@ class AiodWidget(QWidget):
                 "model": self.family.currentText(),
                 "version": self.version.currentText(), "task": self.task.currentText(),
                 "params": self.params.raw_values(), "num_substacks": self.num_substacks.text(),
-                "overlap": self.overlap.text(), "profile": self.profile.currentText(), "outdir": self.outdir.text(),
+                "overlap": self.overlap.text(), "substack_memory": self.substack_memory.text(),
+                "fingerprint": self.fingerprint.currentText(), "profile": self.profile.currentText(), "outdir": self.outdir.text(),
                 "root_dir": self.root_dir.text(), "save_tiff": self.save_tiff.isChecked()}
 
     def apply_settings(self, s: dict) -> None:
@@ -289,12 +300,17 @@ class AiodWidget(QWidget):
             self.image_list.clear()
             self.image_list.addItems([LAYER_PREFIX + i["layer"].name for i in self.images])
             self.add_image_paths(s["images"])
-        for key, w in (("num_substacks", self.num_substacks), ("overlap", self.overlap), ("outdir", self.outdir),
+        for key, w in (("num_substacks", self.num_substacks), ("overlap", self.overlap),
+                       ("substack_memory", self.substack_memory), ("outdir", self.outdir),
                        ("root_dir", self.root_dir)):
             if key in s:
                 w.setText(str(s[key]))
         if "profile" in s:
             self.profile.setCurrentText(str(s["profile"]))
+        if "fingerprint" in s:
+            if s["fingerprint"] not in ("full", "sample"):
+                raise settings.ProjectFileError(f"fingerprint '{s['fingerprint']}': expected full or sample")
+            self.fingerprint.setCurrentText(s["fingerprint"])
         if "save_tiff" in s:
             self.save_tiff.setChecked(bool(s["save_tiff"]))
 
@@ -338,6 +354,8 @@ class AiodWidget(QWidget):
                                   models=[dict(e) for e in self.models], labels=[spec["label"] for spec in specs],
                                   num_substacks=self.num_substacks.text().strip() or "auto",
                                   overlap=self.overlap.text().strip() or "32", profile=self.profile.currentText(),
+                                  substack_memory=self.substack_memory.text().strip() or "6 GB",
+                                  fingerprint=self.fingerprint.currentText(),
                                   outdir=self.outdir.text(), root_dir=self.root_dir.text(),
                                   save_tiff=self.save_tiff.isChecked())
 
@@ -359,7 +377,7 @@ class AiodWidget(QWidget):
             req = self.request()
             if not self.images:
                 raise ValueError("no images: add image files or image layers first")
-            drawn = planning.draw_plans(self.viewer, self._ids(), req, pipeline_defaults())
+            drawn = planning.draw_plans(self.viewer, self._ids(), req)
         except planning.NotKnownYet as exc:
             self.status.setText(f"no plan drawn: {exc}")
             return []
@@ -460,7 +478,7 @@ class AiodWidget(QWidget):
     def open_cached(self, req: command.RunRequest) -> list[tuple[str, str]]:
         """Open the results already in the cache (planning.open_cached); their (id, model label)."""
         from .planning import open_cached
-        hits = open_cached(self.viewer, req, self.layer_of, pipeline_defaults())
+        hits = open_cached(self.viewer, req, self.layer_of)
         for sample_id, label, entry, layer in hits:
             self.added_layers.append(layer)
             self.log.appendPlainText(f"{sample_id} {label}: from the cache ({entry})")
