@@ -15,6 +15,8 @@ include { FINALIZE      } from './modules/local/finalize'
 include { EVALUATE      } from './modules/local/evaluate'
 include { COUNT         } from './modules/local/count'
 include { COMPARE       } from './modules/local/compare'
+include { FINETUNE_CHECK } from './modules/local/finetune_check'
+include { FINETUNE_TRAIN } from './modules/local/finetune_train'
 
 // A digest of some files (names relative to `base`, and contents). Nextflow hashes the bin/
 // scripts a task names, not the Python modules they import, so each process takes the digest
@@ -259,6 +261,77 @@ workflow {
             log.info("AIoD: done in ${workflow.duration}; results in ${params.outdir}, cache in ${params.root_dir}/aiod_cache")
         }
     }
+    logErrors()
+}
+
+// `-entry FINETUNE`: train a registered model on annotated images and register the new version in
+// --registry_dir (docs/finetune.md). The checks come first (FINETUNE_CHECK, nothing fetched or
+// written before it passes), then the model is resolved and fetched as for a segmentation run,
+// and one task in the family's environment trains, scores before and after, and registers.
+workflow FINETUNE {
+    def problem = paramProblem(file("${projectDir}/nextflow_schema.json").toFile(), params)
+    if (problem) {
+        error("AIOD ERROR: ${problem}")
+    }
+    [input: 'a CSV samplesheet with columns id,image,ground_truth[,split]', finetune_name: 'the new version\'s name',
+     registry_dir: 'the lab registry directory the new version is written to'].each { name, what ->
+        if (!params[name]) {
+            error("AIOD ERROR: -entry FINETUNE: --${name} is required: ${what} (see docs/finetune.md)")
+        }
+    }
+    if (params.models) {
+        error("AIOD ERROR: -entry FINETUNE fine-tunes one model: give --model and --model_version, not --models")
+    }
+    [input: params.input, finetune_params: params.finetune_params, model_params: params.model_params].each { name, path ->
+        if (path && !file(path).exists()) {
+            error("AIOD ERROR: --${name} ${path}: file not found")
+        }
+    }
+    if (!file(params.registry_dir).isDirectory()) {
+        error("AIOD ERROR: --registry_dir ${params.registry_dir}: directory not found; create it (an empty folder is an empty registry)")
+    }
+    code = stepDigests(file("${projectDir}/src/aiod").toFile())
+    registry = filesDigest(new File('/'), manifestFiles([file("${projectDir}/model_registry").toFile(), file(params.registry_dir).toFile()]))
+    samplesheet = file(params.input)
+    train_params = params.finetune_params ? file(params.finetune_params) : []
+
+    // [samplesheet, its absolute path]: [annotated.csv, '/data/annotated.csv']
+    ch_sheet = channel.of([samplesheet, samplesheet.toAbsolutePath().toString()])
+    FINETUNE_CHECK(ch_sheet, train_params, code.FINETUNE_CHECK)
+
+    // as for a segmentation run, once the checks have passed
+    request = [model: params.model, version: params.model_version ?: '', task: params.task ?: '', models: '',
+               source: params.model_params ? file(params.model_params).toString() : '']
+    RESOLVE_MODEL(FINETUNE_CHECK.out.checked.map { checked -> [request, params.model_params ? file(params.model_params) : []] },
+                  registry, code.RESOLVE_MODEL)
+    // [model, its spec]: [[index: 0, label: 'cellpose_nuclei', subdir: '', family: 'cellpose', locations: 1], 0.json]
+    ch_resolved = RESOLVE_MODEL.out.models.flatten().map { spec ->
+        def m = new groovy.json.JsonSlurperClassic().parse(spec.toFile())
+        [[index: m.index, label: m.label, subdir: m.subdir, family: m.family, locations: m.locations.size()], spec]
+    }
+    FETCH_ARTIFACTS(ch_resolved, code.FETCH_ARTIFACTS)
+
+    // [samplesheet, its absolute path, [image and ground truth...]]: the files, so that a changed one reruns the training
+    ch_data = ch_sheet.map { sheet, source ->
+        def rows = sheet.splitCsv(header: true, quote: '"')
+        [sheet, source, rows.collectMany { row -> [row.image, row.ground_truth].findAll { p -> p }.collect { p -> sheet.parent.resolve(p.trim()) } }]
+    }
+    FINETUNE_TRAIN(FETCH_ARTIFACTS.out.model, ch_data, train_params, code.FINETUNE_TRAIN)
+
+    FINETUNE_TRAIN.out.report.subscribe { model, record, page ->
+        def r = new groovy.json.JsonSlurperClassic().parse(record.toFile())
+        if (r.metrics) {
+            def f1 = { key -> String.format('%.3f', r.metrics[key].pooled.f1 as double) }
+            log.info("\nAIoD fine-tuning: ${r.family}/${r.name} from ${r.parent}, ${r.epochs_done} epochs; F1@0.5 on the test images ${f1('before')} -> ${f1('after')}; " +
+                     (r.registered ? "registered in ${params.registry_dir}" : "NOT registered: not better than ${r.parent} (--finetune_register always registers it anyway)") +
+                     "\n  ${params.outdir}/finetune.html")
+        }
+    }
+    logErrors()
+}
+
+// The run's AIOD ERROR lines, or why it stopped, as the last thing it prints.
+def logErrors() {
     workflow.onError = {
         def reasons = (workflow.errorReport ?: '').readLines().findAll { line -> line.contains('AIOD ERROR:') }*.trim().unique()
         def why = workflow.errorMessage ?: (workflow.errorReport ?: '').readLines().find { line -> line.trim() } ?: 'see .nextflow.log'

@@ -9,7 +9,7 @@ import tifffile
 from aiod.errors import InputError, SamplesheetError
 from aiod.samplesheet import check_samples, read_samplesheet, write_checked
 
-EXPECTED = "expected columns: id, image, axes, channel, ground_truth, atlas, atlas_scale, voxel_size"
+EXPECTED = "expected columns: id, image, axes, channel, ground_truth, atlas, atlas_scale, voxel_size, split"
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def test_stub_mode_checks_without_opening_images(folder):
 def test_empty_file(folder):
     path = sheet(folder, "")
     assert error_of(path) == (f"{path}: the file is empty; expected a header line with "
-                              "columns: id, image, axes, channel, ground_truth, atlas, atlas_scale, voxel_size")
+                              "columns: id, image, axes, channel, ground_truth, atlas, atlas_scale, voxel_size, split")
 
 
 def test_unknown_column_suggests_the_closest(folder):

@@ -38,13 +38,32 @@ def show(manifest: Manifest, version: str | None) -> str:
                 f"  licence: {v.metadata.licence}", f"  citation: {v.metadata.citation}" + (f" doi:{v.metadata.doi}" if v.metadata.doi else "")]
         for tname, task in v.tasks.items():
             for loc in task.locations:
-                out.append(f"  location ({tname}): {loc.where}" + ("" if loc.visible() else " [not readable by you]"))
+                out.append(f"  location ({tname}): {loc.where}" + (f" (sha256 {loc.sha256})" if loc.sha256 else "")
+                           + ("" if loc.visible() else " [not readable by you]"))
+        if v.trained:
+            out += _trained(v.trained)
         out.append("  parameters:")
         for pname, value in manifest.parameters_of(vname).items():
             p = manifest.parameters[pname]
             out.append(f"    {pname} = {value!r}  ({_range(p)}) {p.help}")
         out += ["  model card:"] + [f"    {line}" for line in v.metadata.model_card.strip().splitlines()]
     return "\n".join(out)
+
+
+def _trained(t) -> list[str]:
+    """How a fine-tuned version was made (registry.Trained), for `aiod models show`."""
+    shown = ("f1", "precision", "recall", "ap_50_95", "n_true", "n_pred")
+    out = [f"  trained: from {t.parent}" + (f" (sha256 {t.parent_sha256})" if t.parent_sha256 else "") + f" on {t.date}",
+           f"    data: {t.data}",
+           f"    split ({t.split_from}): " + "; ".join(f"{k}: {', '.join(v) or '-'}" for k, v in t.split.items()),
+           f"    parameters: " + ", ".join(f"{k}={v!r}" for k, v in t.params.items()),
+           f"    epochs done: {t.epochs_done}, training time: {t.seconds:.0f} s",
+           "    test images, pooled:  " + "  ".join(f"{k:>9}" for k in shown)]
+    for when in ("before", "after"):
+        scores = t.metrics.get(when, {})
+        out.append(f"      {when:<18}" + "  ".join(f"{scores.get(k, float('nan')):>9.3f}" if isinstance(scores.get(k), float)
+                                               else f"{scores.get(k, '-')!s:>9}" for k in shown))
+    return out
 
 
 def reference(families: dict[str, Manifest]) -> str:
@@ -67,6 +86,10 @@ def reference(families: dict[str, Manifest]) -> str:
         for pname, p in m.parameters.items():
             defaults = " | ".join(_cell(m.parameters_of(v)[pname]) for v in versions)
             out.append(f"| `{pname}` | {p.type} | {defaults} | {_range(p)} | {p.help} |")
+        if m.training:
+            out += ["", "Training parameters (`-entry FINETUNE --finetune_params`, docs/finetune.md):", "",
+                    "| parameter | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+            out += [f"| `{pname}` | {p.type} | {_cell(p.default)} | {_range(p)} | {p.help} |" for pname, p in m.training.items()]
         out.append("")
     return "\n".join(out)
 

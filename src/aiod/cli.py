@@ -411,6 +411,23 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="writes OUT.parquet and OUT.csv")
     s.set_defaults(func=_lazy("regions", "_cli"))
 
+    s = sub.add_parser("finetune", help="train a registered model on annotated images, register the result (docs/finetune.md)")
+    s.add_argument("--input", required=True, help="samplesheet with ground_truth for every image (and optionally split)")
+    s.add_argument("--model", required=True, help="the family, e.g. cellpose")
+    s.add_argument("--version", help="the version to start from (default: the family's first)")
+    s.add_argument("--name", required=True, help="the new version's name")
+    s.add_argument("--registry-dir", required=True, help="the lab registry directory the new version is written to")
+    s.add_argument("--out", help="folder for finetune.json and finetune.html (required unless --check-only)")
+    s.add_argument("--params", help="training parameters: a YAML file or mapping, e.g. '{epochs: 50, patch_size: 128}'")
+    s.add_argument("--register", default="better", choices=["better", "always"],
+                   help="better: only a model that scores better on the test images; always: whatever it scores")
+    s.add_argument("--root-dir", default=str(Path("~/.nextflow/aiod").expanduser()),
+                   help="the pipeline's root_dir: the parent's weights are fetched into its cache")
+    s.add_argument("--checkpoints", help="folder for the training checkpoints (default: <root-dir>/aiod_cache/<family>/training)")
+    s.add_argument("--spec", help="a fetched model spec (the pipeline's FETCH_ARTIFACTS output) instead of resolving and fetching")
+    s.add_argument("--check-only", action="store_true", help="check the request and the samplesheet, train nothing, write nothing")
+    s.set_defaults(func=_lazy("finetune", "_cli"))
+
     s = sub.add_parser("demo-data", help="write the built-in demo images, ground truth and samplesheet")
     s.add_argument("outdir")
     s.set_defaults(func=_demo_data)

@@ -147,11 +147,27 @@ class Metadata(_Strict):
     model_card: str
 
 
+class Trained(_Strict):
+    """How a version made by `aiod finetune` was trained (docs/finetune.md)."""
+
+    parent: str = pydantic.Field(description="the version its training started from")
+    parent_sha256: str | None = pydantic.Field(None, pattern=r"^[0-9a-f]{64}$", description="sha256 of the parent's weights")
+    data: str = pydantic.Field(description="fingerprint of the training data: every image and ground truth, with its split")
+    split: dict[str, list[str]] = pydantic.Field(description="split -> image ids (train, valid, test)")
+    split_from: Literal["samplesheet", "image id"] = pydantic.Field(description="where the split came from")
+    params: dict[str, Any] = pydantic.Field(description="the training parameters, every one")
+    epochs_done: int
+    seconds: float = pydantic.Field(description="training time, wall clock, over every attempt")
+    metrics: dict[str, dict[str, Any]] = pydantic.Field(description="'before' and 'after': pooled scores on the test images")
+    date: str = pydantic.Field(description="when it was registered (ISO 8601, UTC)")
+
+
 class Version(_Strict):
     tasks: dict[str, Task] = pydantic.Field(min_length=1, description="task name (see TASKS) -> where its artifact is; the first task is the default")
     defaults: dict[str, Any] = pydantic.Field(default_factory=dict, description="this version's defaults for the family's parameters")
     axes: Axes
     metadata: Metadata
+    trained: Trained | None = pydantic.Field(None, description="set for versions made by `aiod finetune`")
 
     @pydantic.field_validator("tasks")
     @classmethod
@@ -167,6 +183,7 @@ class Manifest(_Strict):
     description: str
     adapter: str | None = pydantic.Field(None, pattern=r"^[a-z][a-z0-9_]*$", description="the adapter module in aiod.models that runs it (default: the family name)")
     parameters: dict[str, Parameter] = pydantic.Field(default_factory=dict)
+    training: dict[str, Parameter] = pydantic.Field(default_factory=dict, description="the training parameters of `aiod finetune`; empty: the family cannot be fine-tuned")
     versions: dict[str, Version] = pydantic.Field(min_length=1, description="the first version is the default")
 
     @pydantic.model_validator(mode="after")

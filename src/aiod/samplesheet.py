@@ -11,6 +11,7 @@ Columns (header on line 1, any order):
                   resolution: each result's objects are counted per region (docs/measure.md)
     atlas_scale   optional; the atlas' voxel size, e.g. 25,25,25 (µm; default: its metadata's)
     voxel_size    optional; the image's voxel size, e.g. 2,0.65,0.65 (default: its metadata's)
+    split         optional; train, valid or test: the image's part in fine-tuning (docs/finetune.md)
 
 Empty optional cells mean "not given". Every error is one line naming the samplesheet, the line
 (as a person counts: the header is line 1) and the column.
@@ -31,7 +32,8 @@ from .batches import plan_groups
 from .errors import InputError, SamplesheetError
 from .imageio import check_axes, open_image
 
-COLUMNS = ("id", "image", "axes", "channel", "ground_truth", "atlas", "atlas_scale", "voxel_size")
+COLUMNS = ("id", "image", "axes", "channel", "ground_truth", "atlas", "atlas_scale", "voxel_size", "split")
+SPLITS = ("train", "valid", "test")
 REQUIRED = ("id", "image")
 CHECKED_COLUMNS = ("id", "image", "axes", "channel", "ground_truth", "spatial_shape",
                    "canonical_axes", "plan_batch", "atlas", "atlas_scale", "voxel_size")
@@ -51,6 +53,7 @@ class Sample(BaseModel):
     atlas: Path | None = None
     atlas_scale: str | None = None
     voxel_size: str | None = None
+    split: str | None = None
     source: str | None = Field(default=None, exclude=True)
     line: int | None = Field(default=None, exclude=True)
 
@@ -89,6 +92,15 @@ class Sample(BaseModel):
         except ValueError:
             pass
         raise ValueError(f"'{v}': expected a voxel size per spatial axis, positive numbers such as 2,0.65,0.65 (µm)")
+
+    @field_validator("split", mode="before")
+    @classmethod
+    def _split(cls, v):
+        if v is None or str(v).strip() == "":
+            return None
+        if str(v).strip() not in SPLITS:
+            raise ValueError(f"'{str(v).strip()}' is not a split; expected one of {', '.join(SPLITS)}")
+        return str(v).strip()
 
     @field_validator("ground_truth", "atlas", mode="before")
     @classmethod

@@ -6,7 +6,7 @@ gives each process the digest of the source files its step imports, read from th
 map `src/aiod/step_sources.json`. The map is computed here by following imports (also those
 inside functions) from each step's entry module; a test fails when it is stale, and
 `bin/aiod sources --write` redoes it. Adapters are imported by name at run time, so the steps
-that run a model list every adapter module.
+that run a model list every adapter module (and fine-tuning every trainer).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ STEPS: dict[str, list[str]] = {
     "EVALUATE": ["evaluate.py"],
     "COUNT": ["regions.py", "measure.py", "publish.py", "tables.py"],
     "COMPARE": ["compare.py", "report.py"],
+    "FINETUNE_CHECK": ["finetune.py", "training/*.py"],
+    "FINETUNE_TRAIN": ["finetune.py", "training/*.py", "models/*.py"],
 }
 # Every step's door: the command line (its imports are per subcommand, inside functions, so it
 # is listed as a file but not followed) and what it imports at module level.

@@ -1,0 +1,257 @@
+"""Fine-tuning (`-entry FINETUNE`, `aiod finetune`; docs/finetune.md): the small Cellpose model
+the tests train (tests/families/train_cellpose.py) is fine-tuned on 256x256 crops of stardist's
+annotated nuclei shown at twice their size, a lab whose nuclei are larger than the model was
+trained on. Three crops train it, the fourth (held out) scores it before and after.
+
+One FINETUNE pipeline run (the module's fixture) serves the end-to-end checks; a training killed
+after its first checkpoint and run again must end where that uninterrupted run ended; bad input
+is refused in the pipeline's own environment before anything is trained or written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+
+from aiod import catalogue, cli, registry
+from aiod.planner import Plan
+from aiod.steps.plan import result_key
+from family_envs import THREADS, env_python, nuclei_data, trained_artifact  # noqa: F401 - fixtures
+from pipeline_helpers import ROOT, processes, run_pipeline, trace_rows
+from test_artifacts import NOBODY, as_user, needs_root
+
+pytestmark = [pytest.mark.pipeline, pytest.mark.families]
+
+CROPS = {"c0": (0, 0), "c1": (0, 512), "c2": (512, 0), "c3": (512, 512)}   # in the 2x image; c3 is held out
+TRAINING = {"epochs": 4, "patch_size": 128, "patches_per_epoch": 8, "batch_size": 8}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def tree(folder: Path) -> dict:
+    """Every file under `folder` by relative name, with its content's digest."""
+    return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def annotated_crops(folder: Path, nuclei: Path) -> Path:
+    """c0..c3.tif and their masks: 256x256 crops of the nuclei image and mask upscaled 2x (each
+    pixel repeated, so the masks stay exact); annotated.csv with c3 held out."""
+    folder.mkdir(parents=True, exist_ok=True)
+    image, mask = (np.kron(tifffile.imread(nuclei / name), np.ones((2, 2), np.uint16))
+                   for name in ("nuclei_2d.tif", "nuclei_2d_mask.tif"))
+    for name, (y, x) in CROPS.items():
+        tifffile.imwrite(folder / f"{name}.tif", image[y:y + 256, x:x + 256])
+        tifffile.imwrite(folder / f"{name}_mask.tif", mask[y:y + 256, x:x + 256])
+    (folder / "annotated.csv").write_text("id,image,ground_truth,split\n" + "".join(
+        f"{name},{name}.tif,{name}_mask.tif,{'test' if name == 'c3' else 'train'}\n" for name in CROPS))
+    return folder / "annotated.csv"
+
+
+def lab_registry(folder: Path, weights: Path) -> Path:
+    """A lab registry whose cellpose/nuclei is `weights` (a copy: its sha256 is pinned)."""
+    folder.mkdir(parents=True)
+    parent = shutil.copy(weights, folder / "parent_nuclei")
+    manifest = yaml.safe_load((registry.BUILTIN_DIR / "manifests" / "cellpose.yaml").read_text())
+    entry = manifest["versions"]["nuclei"]
+    manifest["versions"] = {"nuclei": {**entry, "tasks": {"nuclei": {"locations": [
+        {"filepath": str(parent), "sha256": sha256(parent)}]}}}}
+    (folder / "cellpose.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, trained_artifact, nuclei_data):  # noqa: F811
+    """One `nextflow run main.nf -entry FINETUNE` from the test model, 4 epochs."""
+    env_python("cellpose")  # built once per machine, outside the run
+    shared = Path(tempfile.mkdtemp(prefix="aiod-finetune-"))  # every user can enter it (the visibility test)
+    os.chmod(shared, 0o755)
+    work = tmp_path_factory.mktemp("finetune")
+    sheet = annotated_crops(work / "data", nuclei_data)
+    lab = lab_registry(shared / "lab", trained_artifact("cellpose", 2))
+    (work / "training.yaml").write_text(yaml.safe_dump(TRAINING))
+    started = time.time()
+    proc = run_pipeline(work, "-entry", "FINETUNE", "--input", str(sheet), "--model", "cellpose", "--model_version", "nuclei",
+                        "--finetune_name", "nuclei_lab", "--finetune_params", str(work / "training.yaml"),
+                        "--registry_dir", str(lab), "--outdir", str(work / "results"), "--root_dir", str(work / "root"),
+                        "--trace_report_suffix", "ft", profile="test,venv")
+    yield {"work": work, "lab": lab, "sheet": sheet, "stdout": proc.stdout, "seconds": time.time() - started,
+           "record": json.loads((work / "results" / "finetune.json").read_text())}
+    shutil.rmtree(shared)
+
+
+def test_the_fine_tuned_model_scores_better_on_the_held_out_crop_and_is_registered(finetuned):
+    record, lab = finetuned["record"], finetuned["lab"]
+    before, after = (record["metrics"][k]["pooled"] for k in ("before", "after"))
+    assert record["split"] == {"train": ["c0", "c1", "c2"], "valid": [], "test": ["c3"]}
+    assert record["epochs_done"] == TRAINING["epochs"] and len(record["curves"]["train_loss"]) == TRAINING["epochs"]
+    assert after["f1"] > before["f1"] and before["n_true"] == after["n_true"] > 5
+    assert record["registered"] and "registered in" in finetuned["stdout"]
+    # the checks ran first, then one training task in the family's environment
+    rows = trace_rows(finetuned["work"] / "results", "ft")
+    assert [len(processes(rows, p, "COMPLETED")) for p in ("FINETUNE_CHECK", "FETCH_ARTIFACTS", "FINETUNE_TRAIN")] == [1, 1, 1]
+    assert "finetune.html" in os.listdir(finetuned["work"] / "results")
+    # the checkpoints live in the cache, where a rerun finds them
+    assert list((finetuned["work"] / "root" / "aiod_cache" / "cellpose" / "training").glob("nuclei_lab-*/checkpoint.pt"))
+
+    manifest = registry.load_registry([lab])["cellpose"]
+    version = manifest.versions["nuclei_lab"]
+    location = version.tasks["nuclei"].locations[0]
+    weights = Path(location.filepath)
+    assert weights.is_relative_to(lab) and location.sha256 == sha256(weights) == record["weights_sha256"]
+    trained = version.trained
+    assert trained.parent == "nuclei" and trained.parent_sha256 == sha256(lab / "parent_nuclei")
+    assert trained.params == {**{k: p.default for k, p in manifest.training.items()}, **TRAINING}
+    assert trained.metrics["after"]["f1"] == after["f1"] and trained.data == record["data"] and trained.date
+    text = catalogue.show(manifest, "nuclei_lab")
+    for expected in (f"sha256 {location.sha256}", "trained: from nuclei", f"data: {record['data']}",
+                     "split (samplesheet): train: c0, c1, c2; valid: -; test: c3", "epochs done: 4",
+                     f"before                {before['f1']:.3f}", f"after                 {after['f1']:.3f}"):
+        assert expected in text, expected
+
+
+def listing_as_user(folder):
+    return catalogue.listing(registry.load_registry([folder]))
+
+
+@needs_root
+def test_the_new_version_is_listed_only_for_users_who_can_read_its_weights(finetuned):
+    lab = finetuned["lab"]
+    weights = lab / "weights" / "cellpose" / "nuclei_lab" / "model"
+    for path in (lab, lab / "weights", lab / "weights" / "cellpose", weights.parent):
+        path.chmod(0o755)
+    weights.chmod(0o644)
+    seen, error = as_user(NOBODY, listing_as_user, lab)
+    assert error is None and "nuclei_lab" in seen
+    weights.chmod(0o600)
+    try:
+        seen, error = as_user(NOBODY, listing_as_user, lab)
+        assert error is None and "nuclei_lab" not in seen and "cellpose" in seen
+        assert "nuclei_lab" in listing_as_user(lab)  # its owner still sees it
+    finally:
+        weights.chmod(0o644)
+
+
+def test_a_run_with_the_new_version_is_cached_under_a_key_naming_its_weights(finetuned):
+    work, lab = finetuned["work"], finetuned["lab"]
+    (work / "new.csv").write_text(f"id,image\nc3,{work / 'data' / 'c3.tif'}\n")
+    run_pipeline(work, "--input", str(work / "new.csv"), "--model", "cellpose", "--model_version", "nuclei_lab",
+                 "--registry_dir", str(lab), "--outdir", str(work / "segmented"), "--root_dir", str(work / "root"),
+                 "--num_substacks", "1", profile="test,venv")
+    result = json.loads((work / "segmented" / "c3.json").read_text())
+    entry = json.loads((Path(result["cache_entry"]) / "manifest.json").read_text())
+    assert result["n_objects"] > 0 and entry["model"]["artifact"]["sha256"] == finetuned["record"]["weights_sha256"]
+    image = {k: entry["image"][k] for k in ("fingerprint", "axes", "shape", "dtype", "channel")}
+    plan = Plan.from_dict(entry["plan"])
+    assert result_key(image, entry["model"], plan) == result["key"]
+    parent = json.loads(json.dumps(entry["model"]))
+    parent["artifact"]["sha256"] = finetuned["record"]["parent_sha256"]
+    assert result_key(image, parent, plan) != result["key"]
+
+
+def finetune_command(sheet: Path, lab: Path, folder: Path, name: str = "nuclei_lab") -> tuple[list[str], dict]:
+    """`aiod finetune` in the cellpose environment, as FINETUNE_TRAIN runs it."""
+    (folder / "training.yaml").write_text(yaml.safe_dump(TRAINING))
+    cmd = [str(env_python("cellpose")), str(ROOT / "bin" / "aiod"), "finetune", "--input", str(sheet), "--model", "cellpose",
+           "--version", "nuclei", "--name", name, "--registry-dir", str(lab), "--out", str(folder / "out"),
+           "--root-dir", str(folder / "root"), "--checkpoints", str(folder / "checkpoints"),
+           "--params", str(folder / "training.yaml"), "--register", "always"]
+    env = {**THREADS, **os.environ, "PYTHONNOUSERSITE": "1"}
+    env.pop("VIRTUAL_ENV", None)
+    return cmd, env
+
+
+def test_a_training_killed_after_its_first_epoch_resumes_and_ends_as_an_uninterrupted_one(finetuned, tmp_path):
+    lab = tmp_path / "lab"
+    shutil.copytree(finetuned["lab"], lab, ignore=shutil.ignore_patterns("weights"))
+    manifest = yaml.safe_load((lab / "cellpose.yaml").read_text())
+    del manifest["versions"]["nuclei_lab"]   # the same name: the same checkpoint folder
+    (lab / "cellpose.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    cmd, env = finetune_command(finetuned["sheet"], lab, tmp_path)
+    killed = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.time() + 300
+    while not list(tmp_path.glob("checkpoints/*/checkpoint.pt")) and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(killed.pid, signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL  # it was still training
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cellpose: resuming after epoch" in proc.stderr
+    resumed, uninterrupted = json.loads((tmp_path / "out" / "finetune.json").read_text()), finetuned["record"]
+    assert resumed["epochs_done"] == uninterrupted["epochs_done"] == TRAINING["epochs"]
+    # patches and augmentations depend only on the seed and the epoch, the optimiser's state is
+    # in the checkpoint: the same steps, the same weights
+    assert resumed["curves"]["train_loss"] == uninterrupted["curves"]["train_loss"]
+    assert resumed["weights_sha256"] == uninterrupted["weights_sha256"]
+    assert resumed["metrics"]["after"]["pooled"]["f1"] >= uninterrupted["metrics"]["after"]["pooled"]["f1"]
+
+
+# Bad input: refused by the checks (the command as the pipeline's own environment runs it: no
+# training library there, so anything that got past the checks would fail differently), one line,
+# the registry directory as it was.
+BAD = {
+    "no ground truth": ("id,image,ground_truth\nc0,c0.tif,c0_mask.tif\nc1,c1.tif,\n", {},
+                        "line 3: column 'ground_truth': image 'c1' has no ground truth"),
+    "ground truth of another shape": ("id,image,ground_truth\nc0,c0.tif,c0_mask.tif\nc1,c1.tif,small_mask.tif\n", {},
+                                      "line 3: column 'ground_truth': "),
+    "unknown split": ("id,image,ground_truth,split\nc0,c0.tif,c0_mask.tif,train\nc1,c1.tif,c1_mask.tif,tset\n", {},
+                      "line 3: column 'split': 'tset' is not a split; expected one of train, valid, test"),
+    "existing name": (None, {"name": "nuclei"}, "cellpose/nuclei already exists in the registry; choose another --name"),
+    "family without training": (None, {"model": "classical"}, "model 'classical' cannot be fine-tuned here"),
+    "parameter out of range": (None, {"params": "{epochs: 0}"}, "training parameter 'epochs' of cellpose: 0 is below the minimum 1"),
+    "patch off the stride": (None, {"params": "{patch_size: 100}"}, "patch_size 100 is not a multiple of 16"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_input_folder(tmp_path_factory, nuclei_data):  # noqa: F811
+    folder = tmp_path_factory.mktemp("bad")
+    annotated_crops(folder, nuclei_data)
+    tifffile.imwrite(folder / "small_mask.tif", np.zeros((128, 256), np.uint16))
+    lab = folder / "lab"
+    lab.mkdir()
+    (lab / "cellpose.yaml").write_text((registry.BUILTIN_DIR / "manifests" / "cellpose.yaml").read_text())
+    return folder
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_refused_in_one_line_and_nothing_is_written(bad_input_folder, tmp_path, capsys, case):
+    sheet_text, change, message = BAD[case]
+    sheet = bad_input_folder / "annotated.csv"
+    if sheet_text:
+        sheet = bad_input_folder / f"{case.replace(' ', '_')}.csv"
+        sheet.write_text(sheet_text)
+    lab = bad_input_folder / "lab"
+    before = tree(lab)
+    args = {"model": "cellpose", "name": "nuclei_lab", "params": None, **change}
+    code = cli.main(["finetune", "--input", str(sheet), "--model", args["model"], "--name", args["name"],
+                     "--registry-dir", str(lab), "--out", str(tmp_path / "out"), "--root-dir", str(tmp_path / "root"),
+                     *(["--params", args["params"]] if args["params"] else [])])
+    err = capsys.readouterr().err.strip()
+    assert code == 65 and len(err.splitlines()) == 1 and err.startswith("AIOD ERROR: ") and message in err, err
+    assert tree(lab) == before and not (tmp_path / "out").exists() and not (tmp_path / "root").exists()
+
+
+def test_the_finetune_entry_stops_at_its_checks_and_writes_nothing(bad_input_folder, tmp_path):
+    lab = bad_input_folder / "lab"
+    before = tree(lab)
+    proc = run_pipeline(tmp_path, "-entry", "FINETUNE", "--input", str(bad_input_folder / "annotated.csv"),
+                        "--model", "classical", "--finetune_name", "mine", "--registry_dir", str(lab),
+                        "--outdir", str(tmp_path / "results"), "--root_dir", str(tmp_path / "root"), check=False)
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if "AIOD ERROR:" in line]
+    assert proc.returncode != 0 and errors and "model 'classical' cannot be fine-tuned here" in errors[-1]
+    assert tree(lab) == before and not (tmp_path / "results" / "finetune.json").exists()
+    assert not (tmp_path / "root" / "aiod_cache").exists()
