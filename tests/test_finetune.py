@@ -3,9 +3,10 @@ the tests train (tests/families/train_cellpose.py) is fine-tuned on 256x256 crop
 annotated nuclei shown at twice their size, a lab whose nuclei are larger than the model was
 trained on. Three crops train it, the fourth (held out) scores it before and after.
 
-One FINETUNE pipeline run (the module's fixture) serves the end-to-end checks; a training killed
-after its first checkpoint and run again must end where that uninterrupted run ended; bad input
-is refused in the pipeline's own environment before anything is trained or written."""
+One FINETUNE pipeline run (the module's fixture) serves the end-to-end checks; a second one, whose
+training task is killed after its first checkpoint, must be retried and end where the
+uninterrupted run ended; bad input is refused in the pipeline's own environment before anything
+is trained or written."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ import yaml
 from aiod import catalogue, cli, registry
 from aiod.planner import Plan
 from aiod.steps.plan import result_key
-from family_envs import THREADS, env_python, nuclei_data, trained_artifact  # noqa: F401 - fixtures
-from pipeline_helpers import ROOT, processes, run_pipeline, trace_rows
+from family_envs import env_python, nuclei_data, trained_artifact  # noqa: F401 - fixtures
+from pipeline_helpers import NEXTFLOW, ROOT, processes, run_pipeline, trace_rows
 from test_artifacts import NOBODY, as_user, needs_root
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.families]
@@ -161,36 +162,50 @@ def test_a_run_with_the_new_version_is_cached_under_a_key_naming_its_weights(fin
     assert result_key(image, parent, plan) != result["key"]
 
 
-def finetune_command(sheet: Path, lab: Path, folder: Path, name: str = "nuclei_lab") -> tuple[list[str], dict]:
-    """`aiod finetune` in the cellpose environment, as FINETUNE_TRAIN runs it."""
-    (folder / "training.yaml").write_text(yaml.safe_dump(TRAINING))
-    cmd = [str(env_python("cellpose")), str(ROOT / "bin" / "aiod"), "finetune", "--input", str(sheet), "--model", "cellpose",
-           "--version", "nuclei", "--name", name, "--registry-dir", str(lab), "--out", str(folder / "out"),
-           "--root-dir", str(folder / "root"), "--checkpoints", str(folder / "checkpoints"),
-           "--params", str(folder / "training.yaml"), "--register", "always"]
-    env = {**THREADS, **os.environ, "PYTHONNOUSERSITE": "1"}
-    env.pop("VIRTUAL_ENV", None)
-    return cmd, env
+def finetune_run(work: Path, sheet: Path, lab: Path) -> subprocess.Popen:
+    """The module fixture's FINETUNE run, started in the background in `work` (its own root_dir)."""
+    (work / "training.yaml").write_text(yaml.safe_dump(TRAINING))
+    args = ["run", str(ROOT / "main.nf"), "-entry", "FINETUNE", "-profile", "test,venv", "--input", str(sheet),
+            "--model", "cellpose", "--model_version", "nuclei", "--finetune_name", "nuclei_lab",
+            "--finetune_params", str(work / "training.yaml"), "--registry_dir", str(lab), "--outdir", str(work / "results"),
+            "--root_dir", str(work / "root"), "--trace_report_suffix", "killed"]
+    env = {**os.environ, "NXF_OFFLINE": "true", "NXF_DISABLE_CHECK_LATEST": "true", "NXF_ANSI_LOG": "false"}
+    return subprocess.Popen([NEXTFLOW, *args], cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_a_training_killed_after_its_first_epoch_resumes_and_ends_as_an_uninterrupted_one(finetuned, tmp_path):
+def training_processes(work: Path) -> list[int]:
+    """Ids of the `aiod finetune` processes running in a task folder under `work`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"finetune" in (proc / "cmdline").read_bytes() and \
+                    Path(os.readlink(proc / "cwd")).is_relative_to(work):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_a_training_task_killed_after_its_first_epoch_is_retried_and_resumes_to_the_same_model(finetuned, tmp_path):
     lab = tmp_path / "lab"
     shutil.copytree(finetuned["lab"], lab, ignore=shutil.ignore_patterns("weights"))
     manifest = yaml.safe_load((lab / "cellpose.yaml").read_text())
-    del manifest["versions"]["nuclei_lab"]   # the same name: the same checkpoint folder
+    del manifest["versions"]["nuclei_lab"]
     (lab / "cellpose.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
-    cmd, env = finetune_command(finetuned["sheet"], lab, tmp_path)
-    killed = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
-    deadline = time.time() + 300
-    while not list(tmp_path.glob("checkpoints/*/checkpoint.pt")) and killed.poll() is None and time.time() < deadline:
+    run = finetune_run(tmp_path, finetuned["sheet"], lab)
+    training = tmp_path / "root" / "aiod_cache" / "cellpose" / "training"
+    deadline = time.time() + 600
+    while not list(training.glob("*/checkpoint.pt")) and run.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    os.killpg(killed.pid, signal.SIGKILL)
-    assert killed.wait() == -signal.SIGKILL  # it was still training
-    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "cellpose: resuming after epoch" in proc.stderr
-    resumed, uninterrupted = json.loads((tmp_path / "out" / "finetune.json").read_text()), finetuned["record"]
+    killed = training_processes(tmp_path / "root" / "work")
+    for pid in killed:  # as the kernel's OOM killer or a node's end would: exit 137
+        os.kill(pid, signal.SIGKILL)
+    output = run.communicate(timeout=900)[0]
+    assert run.returncode == 0, output[-4000:]
+    assert killed and "terminated with an error exit status (137) -- Execution is retried" in output
+    logs = "".join(p.read_text() for p in (tmp_path / "root" / "work").glob("*/*/.command.err"))
+    assert "cellpose: resuming after epoch" in logs  # not from the start
+    resumed, uninterrupted = json.loads((tmp_path / "results" / "finetune.json").read_text()), finetuned["record"]
     assert resumed["epochs_done"] == uninterrupted["epochs_done"] == TRAINING["epochs"]
     # patches and augmentations depend only on the seed and the epoch, the optimiser's state is
     # in the checkpoint: the same steps, the same weights
