@@ -93,7 +93,7 @@ def finetuned(tmp_path_factory, trained_artifact, nuclei_data):  # noqa: F811
     shutil.rmtree(shared)
 
 
-def test_the_fine_tuned_model_scores_better_on_the_held_out_crop_and_is_registered(finetuned):
+def test_the_fine_tuned_model_scores_better_on_the_held_out_crop_and_is_registered(finetuned, capsys):
     record, lab = finetuned["record"], finetuned["lab"]
     before, after = (record["metrics"][k]["pooled"] for k in ("before", "after"))
     assert record["split"] == {"train": ["c0", "c1", "c2"], "valid": [], "test": ["c3"]}
@@ -116,7 +116,8 @@ def test_the_fine_tuned_model_scores_better_on_the_held_out_crop_and_is_register
     assert trained.parent == "nuclei" and trained.parent_sha256 == sha256(lab / "parent_nuclei")
     assert trained.params == {**{k: p.default for k, p in manifest.training.items()}, **TRAINING}
     assert trained.metrics["after"]["f1"] == after["f1"] and trained.data == record["data"] and trained.date
-    text = catalogue.show(manifest, "nuclei_lab")
+    assert cli.main(["models", "show", "cellpose/nuclei_lab", "--registry-dir", str(lab)]) == 0
+    text = capsys.readouterr().out
     for expected in (f"sha256 {location.sha256}", "trained: from nuclei", f"data: {record['data']}",
                      "split (samplesheet): train: c0, c1, c2; valid: -; test: c3", "epochs done: 4",
                      f"before                {before['f1']:.3f}", f"after                 {after['f1']:.3f}"):
@@ -212,6 +213,47 @@ def test_a_training_task_killed_after_its_first_epoch_is_retried_and_resumes_to_
     assert resumed["curves"]["train_loss"] == uninterrupted["curves"]["train_loss"]
     assert resumed["weights_sha256"] == uninterrupted["weights_sha256"]
     assert resumed["metrics"]["after"]["pooled"]["f1"] >= uninterrupted["metrics"]["after"]["pooled"]["f1"]
+
+
+def test_a_model_that_is_not_better_is_reported_and_not_registered(finetuned, tmp_path):
+    lab = tmp_path / "lab"
+    shutil.copytree(finetuned["lab"], lab)
+    before = tree(lab)
+    # a learning rate of 1 wrecks the network in one step (the first epoch's rate is 0: the warm-up)
+    (tmp_path / "training.yaml").write_text(yaml.safe_dump({**TRAINING, "epochs": 2, "learning_rate": 1.0}))
+    env = {**os.environ, "PYTHONNOUSERSITE": "1"}
+    env.pop("VIRTUAL_ENV", None)
+    proc = subprocess.run([str(env_python("cellpose")), str(ROOT / "bin" / "aiod"), "finetune", "--input", str(finetuned["sheet"]),
+                           "--model", "cellpose", "--version", "nuclei", "--name", "wrecked", "--registry-dir", str(lab),
+                           "--out", str(tmp_path / "out"), "--root-dir", str(tmp_path / "root"),
+                           "--params", str(tmp_path / "training.yaml")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((tmp_path / "out" / "finetune.json").read_text())
+    assert record["metrics"]["after"]["pooled"]["f1"] < record["metrics"]["before"]["pooled"]["f1"]
+    assert not record["registered"] and "cellpose/wrecked: NOT registered: not better than nuclei" in proc.stdout
+    assert tree(lab) == before and ": not registered</h1>" in (tmp_path / "out" / "finetune.html").read_text()
+
+
+def test_without_a_split_column_the_split_follows_the_ids():
+    from aiod.finetune import split_of
+    from aiod.samplesheet import Sample
+
+    samples = [Sample(id=f"img{k}", image=f"img{k}.tif") for k in range(12)]
+    split, origin = split_of(samples, Path("s.csv"))
+    assert origin == "image id" and [len(split[k]) for k in ("train", "valid", "test")] == [9, 1, 2]
+    assert split_of(list(reversed(samples)), Path("s.csv"))[0] == split  # the order of the rows does not matter
+    assert split_of(samples[:2], Path("s.csv"))[0]["test"] and split_of(samples[:2], Path("s.csv"))[0]["train"]
+
+
+def test_a_split_given_for_some_images_only_is_refused():
+    from aiod.errors import InputError
+    from aiod.finetune import split_of
+    from aiod.samplesheet import Sample
+
+    samples = [Sample(id="a", image="a.tif", split="train", line=2), Sample(id="b", image="b.tif", line=3)]
+    with pytest.raises(InputError, match="s.csv: line 3: column 'split': is empty; give every image a split"):
+        split_of(samples, Path("s.csv"))
 
 
 # Bad input: refused by the checks (the command as the pipeline's own environment runs it: no
