@@ -135,3 +135,15 @@ def test_aiod_env_bin_path_prints_nothing_when_the_family_is_unknown(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 1 and out == ""
     assert "unknown family 'nosuchfamily'" in err
+
+
+def test_the_napari_front_ends_conda_file_has_the_plugins_packages_and_pins():
+    """envs/napari/environment.yml (a subfolder: not a family) against napari-aiod/pyproject.toml."""
+    import yaml
+    env = yaml.safe_load((ENVS / "napari" / "environment.yml").read_text())
+    assert env["name"] == "aiod-napari" and env["channels"] == ["conda-forge"]
+    conda = [d for d in env["dependencies"] if isinstance(d, str) and name(d) not in ("python", "pip", "pyqt")]
+    pip = [p for d in env["dependencies"] if isinstance(d, dict) for p in d["pip"]]
+    plugin = tomllib.loads((ROOT / "napari-aiod" / "pyproject.toml").read_text())["project"]
+    assert sorted(d.replace(" ", "") for d in conda + pip) == sorted(d.replace(" ", "") for d in plugin["dependencies"])
+    assert "napari" not in FAMILIES  # bin/aiod-env and the pipeline take envs/*.yml as families
