@@ -61,7 +61,7 @@ def test_config_with_an_environment_profile_resolves_cleanly(tmp_path, profile):
 
 
 MODULES = ROOT / "modules" / "local"
-FAMILY_STEPS = {"fetch_artifacts", "plan", "segment"}  # the steps that load a model
+FAMILY_STEPS = {"fetch_artifacts", "finetune_train", "plan", "segment"}  # the steps that load a model
 
 
 def test_each_module_names_the_conda_environment_of_its_models_family_or_the_pipelines_own():
