@@ -115,8 +115,9 @@ def pipeline(sheet: Path, work: Path, suffix: str, *params: str) -> dict:
     tasks: dict[str, int] = {}
     for r in rows:
         tasks[r["process"]] = tasks.get(r["process"], 0) + 1
-    records = list((work / "results").glob("*.json"))
-    objects = {p.stem: json.loads(p.read_text())["n_objects"] for p in records}
+    records = {p: json.loads(p.read_text()) for p in (work / "results").glob("*.json")}
+    records = {p: r for p, r in records.items() if str(r.get("format", "")).startswith("aiod-record/")}  # not comparison.json
+    objects = {p.stem: r["n_objects"] for p, r in records.items()}
     first = min(p.stat().st_mtime for p in records) - start  # a record is written as its result is published
     return {"wall": wall, "cpu": cpu, "tasks": tasks, "objects": objects, "first": first}
 

@@ -320,3 +320,19 @@ def test_page_renders_offline_in_a_headless_browser(run_dir, tmp_path):
     assert pixels.shape == (2000, 1280) and pixels.std() > 20
     if (ROOT / "bench" / "out").is_dir():
         shutil.copy(shot, ROOT / "bench" / "out" / "report.png")
+
+
+def test_a_run_of_more_images_than_a_page_draws_those_where_a_model_scores_worst(run_dir, tmp_path, monkeypatch):
+    from aiod import report_page
+    monkeypatch.setattr(report_page, "MAX_DRAWN", 1)
+    monkeypatch.setattr(report_page, "MAX_BARS", 2)
+    page = report.write_report(run_dir.results, samplesheet=run_dir.sheet, run=RUN, out=tmp_path / "capped.html")
+    text = page.read_text()
+    scores = json.loads((run_dir.results / "evaluation.json").read_text())["images"]
+    worst = min(IMAGES, key=lambda i: min(r["f1"] for r in scores if r["id"] == i))
+    drawn = {a["alt"].split(",")[0] for tag, a in _tags(text) if tag == "img" and "outlines of" in a.get("alt", "")}
+    assert drawn == {worst}
+    assert "2 more images not drawn: a page shows 1 (those where a model scores worst)" in " ".join(text.split())
+    for sample_id in IMAGES:  # every image's objects still count in the sizes and its scores in the tables
+        assert f"<td>{sample_id}</td>" in text
+    assert "The chart shows the 2 slowest of 6." in " ".join(text.split())

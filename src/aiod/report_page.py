@@ -15,6 +15,10 @@ from .errors import AiodError, InputError
 METRIC_NAMES = {"f1": "F1 at IoU 0.5", "ap_50_95": "AP 0.5:0.95", "panoptic_quality": "panoptic quality",
                 "dice": "Dice"}
 SCORE_KEYS = ("n_true", "n_pred", "f1", "ap_50_95", "panoptic_quality", "dice", "split", "fused")
+# Images drawn (overlays) and task bars charted on one page: a run of a thousand fields gives a
+# page a person can read (and COMPARE writes in seconds); every image's scores are in the tables.
+MAX_DRAWN = 24
+MAX_BARS = 30
 
 
 def _open(path, axes=None, what="image"):
@@ -49,9 +53,11 @@ def _same_shape(source, shape, what: str, notes: list[str]):
     return source
 
 
-def image_section(sample_id: str, results: list[data.Result], truth_path: Path | None, scores: dict) -> dict:
-    """One image: its overlay views (2D: the image; 3D: middle plane and maximum projection),
-    each model's scores on it, and its objects' sizes per model (for the histogram)."""
+def image_section(sample_id: str, results: list[data.Result], truth_path: Path | None, scores: dict,
+                  draw: bool = True) -> dict:
+    """One image: its overlay views (2D: the image; 3D: middle plane and maximum projection;
+    none unless `draw`), each model's scores on it, and its objects' sizes per model (for the
+    histogram)."""
     notes: list[str] = []
     section = {"id": sample_id, "views": [], "notes": notes, "sizes": {}, "voxels": {}, "truth_sizes": None,
                "scores": [{"label": r.label, **{k: ((scores.get(r.label) or {}).get("images") or {}).get(sample_id, {}).get(k)
@@ -64,7 +70,8 @@ def image_section(sample_id: str, results: list[data.Result], truth_path: Path |
     s = figures.stride_for(shape[-2:])
     level = {r.label: m.level_for(s) for r, m in masks}
     info = results[0].image
-    image, problem = _open(info["path"], info.get("declared_axes")) if info.get("path") else (None, "image path unknown")
+    image, problem = (_open(info["path"], info.get("declared_axes")) if info.get("path") else (None, "image path unknown")) \
+        if draw else (None, None)
     notes += [problem] if problem else []
     image = _same_shape(image, shape, "image", notes)
     truth, problem = _open(truth_path, what="ground truth") if truth_path else (None, None)
@@ -73,7 +80,9 @@ def image_section(sample_id: str, results: list[data.Result], truth_path: Path |
     channel = info.get("channel")
     section.update(shape=list(shape), stride=s, levels=level, has_truth=truth is not None)
     try:
-        if len(shape) == 2:
+        if not draw:
+            pass
+        elif len(shape) == 2:
             img = image_plane(image, channel, s, None)
             gt = figures.image_plane(truth, None, s, None) if truth is not None else None
             section["views"].append(_view("image", img, [(r.label, m.plane(s, None, level[r.label])) for r, m in masks], gt))
@@ -129,9 +138,24 @@ def _timing(found: list[data.Result], trace: Path | None) -> dict:
     rows = data.timings(found)
     for row in rows:
         row["name"] = f"{row['id']} · {row['label']}"
-    chart = figures.time_chart(rows, "name", (("read", "read"), ("segment", "segment"), ("merge", "merge")),
+    slowest = sorted(rows, key=lambda r: -sum(r.get(k) or 0.0 for k in ("read", "segment", "merge")))[:MAX_BARS]
+    chart = figures.time_chart([r for r in rows if r in slowest], "name",
+                               (("read", "read"), ("segment", "segment"), ("merge", "merge")),
                                "peak_bytes" if any(r["peak_bytes"] for r in rows) else None)
-    return {"source": "manifests", "rows": rows, "chart": chart}
+    return {"source": "manifests", "rows": rows, "chart": chart, "charted": len(slowest)}
+
+
+def drawn_ids(ids: list[str], found: list[data.Result], scores: dict) -> list[str]:
+    """The images drawn: all, up to MAX_DRAWN; of more, those where a model scores worst (F1 at
+    IoU 0.5 against the ground truth), then the others in order."""
+    if len(ids) <= MAX_DRAWN:
+        return ids
+
+    def worst(i):
+        f1 = [((scores.get(label) or {}).get("images") or {}).get(i, {}).get("f1") for label in {r.label for r in found}]
+        f1 = [v for v in f1 if v is not None]
+        return (min(f1) if f1 else 2.0, ids.index(i))
+    return sorted(sorted(ids, key=worst)[:MAX_DRAWN], key=ids.index)
 
 
 def context(results: Path, samplesheet: Path | None, run: dict | None, trace: Path | None) -> dict:
@@ -146,7 +170,8 @@ def context(results: Path, samplesheet: Path | None, run: dict | None, trace: Pa
     scores = data.evaluation(results, sorted({r.label for r in found}))
     table = data.comparison(results, found, scores)
     ids = sorted({r.id for r in found})
-    sections = [image_section(i, [r for r in found if r.id == i], truth.get(i), scores) for i in ids]
+    drawn = set(drawn_ids(ids, found, scores))
+    sections = [image_section(i, [r for r in found if r.id == i], truth.get(i), scores, draw=i in drawn) for i in ids]
     sizes = {label: np.concatenate([s["sizes"][label] for s in sections if label in s["sizes"]])
              for label in sorted({label for s in sections for label in s["sizes"]})}
     truth_sizes = [s["truth_sizes"] for s in sections if s["truth_sizes"] is not None]
@@ -160,7 +185,8 @@ def context(results: Path, samplesheet: Path | None, run: dict | None, trace: Pa
         "run": data.run_facts(run, found), "table": table, "best": best,
         "n_images": len(ids), "n_models": len({r.label for r in found}),
         "notes": [f"{r.id} · {r.label}: {n}" for r in found for n in r.notes],
-        "images": sections, "inputs": data.inputs(found, truth), "cards": data.model_cards(found, table),
+        "images": [s for s in sections if s["id"] in drawn], "not_drawn": len(ids) - len(drawn),
+        "max_drawn": MAX_DRAWN, "any_scores": any(s["has_scores"] for s in sections), "inputs": data.inputs(found, truth), "cards": data.model_cards(found, table),
         "histogram": figures.size_histogram(sizes, np.concatenate(truth_sizes) if truth_sizes else None),
         "regions": [{**t, "chart": figures.region_bars(t["regions"], t["unit"])} for t in data.region_tables(found)],
         "timing": _timing(found, trace), "thumb_target": figures.TARGET, "max_planes": figures.MAX_PLANES,
