@@ -138,9 +138,14 @@ def test_cancelled_job_fails_the_run_and_resume_gives_the_same_mask(cluster, dat
 
     A job is cancelled once its task is running (.command.out exists): Nextflow 24.10's job
     wrapper exits 1 ('pid: unbound variable'), not 143, when SIGTERM comes before it started
-    the task."""
+    the task. A segmentation of this small image takes about 2 s, which a loaded machine's
+    squeue can miss (an attempt finished before it was seen): here each segmentation task
+    sleeps 8 s after its work, inside the task, so that every attempt is seen running."""
+    slow = tmp_path / "slow.config"
+    slow.write_text(f"includeConfig '{data / 'cluster.config'}'\n"
+                    "process { withName: 'SEGMENT' { ext.args = '; sleep 8' } }\n")
     args = ["run", str(ROOT / "main.nf"), "-profile", "slurm,test", "-ansi-log", "false",
-            *slurm_args(tmp_path, data, "cancelled", *GRID)]
+            *slurm_args(tmp_path, data, "cancelled", *GRID, config=slow)]
     env = {**os.environ, "NXF_OFFLINE": "true", "NXF_DISABLE_CHECK_LATEST": "true"}
     with open(tmp_path / "cancelled.log", "w") as out:
         proc = subprocess.Popen([NEXTFLOW, *args], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -172,7 +177,7 @@ def test_cancelled_job_fails_the_run_and_resume_gives_the_same_mask(cluster, dat
     assert cache_entries(tmp_path / "root") == []
 
     resources = tmp_path / "resources.config"
-    resources.write_text(f"includeConfig '{data / 'cluster.config'}'\n"
+    resources.write_text(f"includeConfig '{slow}'\n"
                          "process { withName: 'SEGMENT' { memory = 1200.MB; time = 30.min } }\n")
     run_pipeline(tmp_path, *slurm_args(tmp_path, data, "resumed", *GRID, config=resources), profile="slurm,test",
                  resume=True)
