@@ -336,3 +336,36 @@ def test_a_run_of_more_images_than_a_page_draws_those_where_a_model_scores_worst
     for sample_id in IMAGES:  # every image's objects still count in the sizes and its scores in the tables
         assert f"<td>{sample_id}</td>" in text
     assert "The chart shows the 2 slowest of 6." in " ".join(text.split())
+
+
+def test_object_sizes_come_from_the_object_tables_and_only_drawn_masks_are_opened(run_dir, tmp_path, monkeypatch):
+    """With each result's object table beside its mask (as the pipeline publishes them), the sizes
+    histogram has the same objects as counted on the masks, and the masks of images that are not
+    drawn are never opened: a run of thousands of fields reads thousands of small tables instead."""
+    from aiod import measure, report_page
+
+    results = tmp_path / "results"
+    shutil.copytree(run_dir.results, results)
+    for path in results.glob("*/*.json"):
+        record = json.loads(path.read_text())
+        mask = Path(record["published"][".ome.zarr"])
+        parquet, _ = measure.write_tables(measure.measure_result(mask), path.with_name(f"{record['id']}.objects"))
+        record["published"][".objects.parquet"] = str(parquet)
+        path.write_text(json.dumps(record))
+
+    histograms = []
+    monkeypatch.setattr(figures, "size_histogram", lambda sizes, truth: histograms.append(sizes) or None)
+    report.write_report(run_dir.results, samplesheet=run_dir.sheet, out=tmp_path / "counted.html")
+    opened = []
+    open_mask = figures.open_mask
+    monkeypatch.setattr(figures, "open_mask", lambda root, name: opened.append(Path(root).stem) or open_mask(root, name))
+    monkeypatch.setattr(report_page, "MAX_DRAWN", 1)
+    report.write_report(results, samplesheet=run_dir.sheet, out=tmp_path / "tables.html")
+    counted, tabled = histograms
+    assert set(counted) == set(tabled) == set(MODELS)
+    for label in MODELS:
+        assert len(counted[label]) > 200
+        np.testing.assert_allclose(np.sort(tabled[label]), np.sort(counted[label]))
+    drawn = {a["alt"].split(",")[0] for tag, a in _tags((tmp_path / "tables.html").read_text())
+             if tag == "img" and "outlines of" in a.get("alt", "")}
+    assert len(drawn) == 1 and sorted(opened) == sorted([f"{next(iter(drawn))}.ome"] * len(MODELS))

@@ -85,6 +85,22 @@ def find_results(results: Path) -> list[Result]:
     return sorted(found, key=lambda r: (r.id, r.label))
 
 
+def object_voxels(result: Result):
+    """The voxel count of every object of a result, from its object table (published beside the
+    mask, else in its cache entry); None when neither can be read (the mask is counted instead)."""
+    from .tables import read_table
+
+    published = (result.record.get("published") or {}).get(".objects.parquet")
+    entry = result.record.get("cache_entry")
+    for path in (published, Path(entry) / "objects.parquet" if entry else None):
+        if path and Path(path).is_file():
+            try:
+                return read_table(path, ["voxels"]).columns["voxels"]
+            except AiodError:
+                continue
+    return None
+
+
 def ground_truth(samplesheet: Path | None) -> dict[str, Path]:
     if samplesheet is None:
         return {}

@@ -7,8 +7,9 @@ whose Y/X factor divides `s` (its pyramid level halves Y and X, so level k is le
 every 2^k-th pixel) and then every (s / 2^k)-th pixel of it; the image and the ground truth have
 no pyramid and are read box by box (at most `TILE` pixels a side), keeping every s-th pixel, so
 only the thumbnail is ever held. A 3D image shows its middle plane and a maximum projection over
-at most `MAX_PLANES` evenly spaced planes. Object sizes are counted chunk by chunk on the finest
-level of at most `COUNT_BUDGET` voxels, each voxel there standing for the level's factor.
+at most `MAX_PLANES` evenly spaced planes. Object sizes come from the object tables; a mask
+without one is counted chunk by chunk on its finest level of at most `COUNT_BUDGET` voxels, each
+voxel there standing for the level's factor.
 """
 
 from __future__ import annotations

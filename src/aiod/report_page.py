@@ -63,6 +63,9 @@ def image_section(sample_id: str, results: list[data.Result], truth_path: Path |
                "scores": [{"label": r.label, **{k: ((scores.get(r.label) or {}).get("images") or {}).get(sample_id, {}).get(k)
                                                 for k in SCORE_KEYS}} for r in results]}
     section["has_scores"] = any(row["f1"] is not None for row in section["scores"])
+    if not draw:  # sizes only: from the object tables, masks opened only where a table is missing
+        _sizes(section, results, None, truth_path)
+        return section
     masks = _masks(results, notes)
     if not masks:
         return section
@@ -70,8 +73,7 @@ def image_section(sample_id: str, results: list[data.Result], truth_path: Path |
     s = figures.stride_for(shape[-2:])
     level = {r.label: m.level_for(s) for r, m in masks}
     info = results[0].image
-    image, problem = (_open(info["path"], info.get("declared_axes")) if info.get("path") else (None, "image path unknown")) \
-        if draw else (None, None)
+    image, problem = _open(info["path"], info.get("declared_axes")) if info.get("path") else (None, "image path unknown")
     notes += [problem] if problem else []
     image = _same_shape(image, shape, "image", notes)
     truth, problem = _open(truth_path, what="ground truth") if truth_path else (None, None)
@@ -80,9 +82,7 @@ def image_section(sample_id: str, results: list[data.Result], truth_path: Path |
     channel = info.get("channel")
     section.update(shape=list(shape), stride=s, levels=level, has_truth=truth is not None)
     try:
-        if not draw:
-            pass
-        elif len(shape) == 2:
+        if len(shape) == 2:
             img = image_plane(image, channel, s, None)
             gt = figures.image_plane(truth, None, s, None) if truth is not None else None
             section["views"].append(_view("image", img, [(r.label, m.plane(s, None, level[r.label])) for r, m in masks], gt))
@@ -99,18 +99,48 @@ def image_section(sample_id: str, results: list[data.Result], truth_path: Path |
             img = _max(image_plane(image, channel, s, z) for z in planes) if image is not None else None
             preds = [(r.label, _max(m.plane(s, z, level[r.label]) for z in planes)) for r, m in masks]
             section["views"].append(_view(f"maximum projection over {len(planes)} planes", img, preds, None))
-        for r, m in masks:
-            counts, voxel = m.counts()
-            section["sizes"][r.label] = figures.diameters(counts, voxel, len(shape))
-            section["voxels"][r.label] = counts * voxel
-        if truth is not None:
-            counts, voxel = figures.truth_counts(truth)
-            section["truth_sizes"] = figures.diameters(counts, voxel, len(shape))
+        _sizes(section, results, dict((r.label, m) for r, m in masks), truth)
     finally:
         for source in (image, truth):
             if source is not None:
                 source.close()
     return section
+
+
+def _sizes(section: dict, results: list[data.Result], masks: dict | None, truth) -> None:
+    """Each model's object sizes on this image (for the histogram and the mean size): from its
+    object table, exact and without reading the mask; else counted on the mask's pyramid.
+    masks: label -> the opened Mask (None: open where needed); truth: the ground truth, open or
+    its path."""
+    ndim = None
+    for r in results:
+        counts, voxel, mask = data.object_voxels(r), 1.0, (masks or {}).get(r.label)
+        if counts is None and mask is None and masks is None and r.mask is not None:
+            mask, _ = figures.open_mask(r.mask, (r.record.get("labels") or {}).get("name"))
+        if counts is None and mask is None:
+            continue
+        if counts is None:
+            counts, voxel = mask.counts()
+        ndim = ndim or (len(mask.shape) if mask is not None else _ndim(r))
+        section["sizes"][r.label] = figures.diameters(counts, voxel, ndim)
+        section["voxels"][r.label] = counts * voxel
+    if truth is None:
+        return
+    opened = truth if not isinstance(truth, (str, Path)) else _open(truth, what="ground truth")[0]
+    if opened is None:
+        return
+    try:
+        counts, voxel = figures.truth_counts(opened)
+        section["truth_sizes"] = figures.diameters(counts, voxel, len(opened.spatial_shape))
+    finally:
+        if opened is not truth:
+            opened.close()
+
+
+def _ndim(result: data.Result) -> int:
+    """Spatial dimensions of a result's image, from its cache manifest (2 when unknown)."""
+    axes = result.image.get("axes") or ""
+    return sum(a in "ZYX" for a in axes) or 2
 
 
 def image_plane(image, channel, s, z):

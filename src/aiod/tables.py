@@ -96,12 +96,14 @@ def read_table(path, columns=None) -> Table:
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:
-        schema = pq.read_schema(path)
+        file = pq.ParquetFile(path)  # one file, not pq.read_table's dataset: a report reads thousands
+        names = file.schema_arrow.names
     except Exception as e:  # pyarrow raises several types for files that are not Parquet
         raise InputError(f"{path}: cannot be read as Parquet ({type(e).__name__}: {e})".splitlines()[0]) from None
-    missing = [c for c in columns or () if c not in schema.names]
+    missing = [c for c in columns or () if c not in names]
     if missing:
         raise InputError(f"{path}: no column(s) {', '.join(missing)}")
-    data = pq.read_table(path, columns=columns)
+    with file:
+        data = file.read(columns=columns)
     meta = json.loads((data.schema.metadata or {}).get(b"aiod", b"{}"))
     return Table({k: data.column(k).to_numpy(zero_copy_only=False) for k in data.column_names}, meta)
