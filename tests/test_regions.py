@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tifffile
+import zarr
 from test_measure import blobs, write_mask
 
 from aiod import cli, measure, ngff, regions
@@ -95,6 +96,92 @@ def test_objects_beyond_a_partial_atlas_are_counted_outside_it(tmp_path):
         assert rows[region]["objects"] == ((expected == region) & ~beyond).sum()
 
 
+def translate(group, translation, multiscale=None):
+    """Give an OME-Zarr image group's level 0 a `translation` (and the multiscale its own transformations)."""
+    node = zarr.open_group(str(group), mode="r+")
+    ome = dict(node.attrs["ome"])
+    ms = ome["multiscales"][0]
+    ms["datasets"][0]["coordinateTransformations"].append({"type": "translation", "translation": list(translation)})
+    if multiscale:
+        ms["coordinateTransformations"] = multiscale
+    node.attrs["ome"] = ome
+
+
+def padded_atlas(small):
+    """The 8x10x12 atlas of coarse_atlas_case with 2 more voxels of region 7 before it on every axis:
+    placed 2 voxels (16, 8, 8 µm) before the image, it covers the image exactly as `small` does."""
+    out = np.full(tuple(n + 2 for n in small.shape), 7, np.uint16)
+    out[2:, 2:, 2:] = small
+    return out
+
+
+def assert_counts(rows, expected, c):
+    for region in range(6):
+        assert rows[region]["objects"] == (expected == region).sum() > 0
+        assert rows[region]["object_volume_um3"] == pytest.approx(2.0 * c["voxels"][expected == region].sum())
+    assert rows[7]["objects"] == rows[-1]["objects"] == 0 and rows[7]["region_volume_mm3"] > 0
+
+
+@pytest.mark.parametrize("placed_by", ["atlas translation", "both translations", "multiscale transformations"])
+def test_an_atlas_with_an_ngff_translation_counts_each_object_where_its_centroid_is(tmp_path, placed_by):
+    small, _, c, expected = coarse_atlas_case(tmp_path)
+    atlas = tmp_path / "atlas.ome.zarr"
+    ngff.write_image(atlas, padded_atlas(small), "ZYX", chunks=(3, 4, 5), scale=(8.0, 4.0, 4.0))
+    if placed_by == "atlas translation":
+        translate(atlas, (-16.0, -8.0, -8.0))
+    elif placed_by == "both translations":  # the mask's translation too: only the difference counts
+        translate(tmp_path / "m.ome.zarr" / "labels" / "seg", (1000.0, 50.0, -20.0))
+        translate(atlas, (984.0, 42.0, -28.0))
+    else:  # NGFF: the dataset's scale and translation, then the multiscale's: (-4, -4, -4) * (4, 2, 2) + (0, 0, 0)
+        node = zarr.open_group(str(atlas), mode="r+")
+        ome = dict(node.attrs["ome"])
+        ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] = [2.0, 2.0, 2.0]
+        node.attrs["ome"] = ome
+        translate(atlas, (-4.0, -4.0, -4.0), [{"type": "scale", "scale": [4.0, 2.0, 2.0]},
+                                               {"type": "translation", "translation": [0.0, 0.0, 0.0]}])
+    rows = count(tmp_path, "--objects", tmp_path / "objects.parquet", "--atlas", atlas)
+    assert_counts(rows, expected, c)
+
+
+def test_atlas_offset_overrides_the_translations_of_the_files(tmp_path):
+    small, _, c, expected = coarse_atlas_case(tmp_path)
+    ngff.write_image(tmp_path / "atlas.ome.zarr", padded_atlas(small), "ZYX", chunks=(3, 4, 5), scale=(8.0, 4.0, 4.0))
+    translate(tmp_path / "atlas.ome.zarr", (500.0, 500.0, 500.0))  # wrong: the atlas would miss the image
+    args = ["--objects", tmp_path / "objects.parquet", "--atlas", tmp_path / "atlas.ome.zarr"]
+    assert cli.main(["count", *map(str, args), "--out", str(tmp_path / "out")]) == 65
+    assert_counts(count(tmp_path, *args, "--atlas-offset=-16,-8,-8"), expected, c)
+
+
+def test_a_translated_atlas_covering_part_of_the_image_counts_the_rest_outside(tmp_path):
+    small, _, c, expected = coarse_atlas_case(tmp_path)
+    ngff.write_image(tmp_path / "half.ome.zarr", small[4:], "ZYX", chunks=(3, 4, 5), scale=(8.0, 4.0, 4.0))
+    translate(tmp_path / "half.ome.zarr", (32.0, 0.0, 0.0))  # only z >= 32 µm (mask voxels z >= 16)
+    rows = count(tmp_path, "--objects", tmp_path / "objects.parquet", "--atlas", tmp_path / "half.ome.zarr",
+                 "--partial-atlas")
+    beyond = np.floor(c["centroid_z"] + 0.5) < 16
+    assert rows[-1]["objects"] == beyond.sum() > 0
+    for region in range(6):
+        assert rows[region]["objects"] == ((expected == region) & ~beyond).sum()
+    assert rows[1]["region_volume_mm3"] == pytest.approx((small[4:] == 1).sum() * 128 / 1e9)
+
+
+def test_ngff_translation_of_an_image_group_or_array_composes_dataset_and_multiscale(tmp_path):
+    ngff.write_image(tmp_path / "img.ome.zarr", np.zeros((2, 4, 4, 4), np.uint8), "CZYX", scale=(2.0, 1.0, 1.0))
+    assert ngff.read_translation(tmp_path / "img.ome.zarr") is None
+    translate(tmp_path / "img.ome.zarr", (0.0, 1.0, 2.0, 3.0), [{"type": "scale", "scale": [1.0, 10.0, 10.0, 10.0]},
+                                                                {"type": "translation", "translation": [0, 5, 0, -5]}])
+    assert ngff.read_translation(tmp_path / "img.ome.zarr") == (15.0, 20.0, 25.0)
+    assert ngff.read_translation(tmp_path / "img.ome.zarr" / "0") == (15.0, 20.0, 25.0)
+    group = zarr.open_group(str(tmp_path / "v04.zarr"), mode="w", zarr_format=2)  # NGFF 0.4: attributes at the top
+    group.create_array("0", shape=(4, 4), dtype="uint8")
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+                                   "datasets": [{"path": "0", "coordinateTransformations": [
+                                       {"type": "scale", "scale": [0.5, 0.5]}, {"type": "translation", "translation": [7, -1]}]}]}]
+    assert ngff.read_translation(tmp_path / "v04.zarr") == (7.0, -1.0)
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((4, 4), np.uint8))
+    assert ngff.read_translation(tmp_path / "a.tif") is None
+
+
 def test_2d_counts_are_per_area(tmp_path):
     labels = blobs((60, 64), seed=12)
     write_mask(tmp_path / "m.ome.zarr", labels, (0.5, 0.5), (16, 16))
@@ -140,6 +227,10 @@ def refused(tmp_path, capsys, args: dict, message: str):
     ("scale length", "--atlas-scale '1,1': 2 value(s), but the mask has 3 spatial axes"),
     ("atlas too small", "the atlas spans [0, 12) x [0, 12) x [0, 0.012) but the image spans [0, 12) x [0, 12) x [0, 12)"),
     ("atlas without scale", "no voxel size in the file and shape (6, 6, 6) is not the mask's (12, 12, 12); give --atlas-scale"),
+    ("offset off the image", "the atlas spans [0, 12) x [0, 12) x [5, 17) but the image spans [0, 12) x [0, 12) x [0, 12)"),
+    ("translated off the image", "the atlas spans [-3, 9) x [0, 12) x [0, 12) but the image spans [0, 12) x [0, 12) x [0, 12)"),
+    ("bad offset", "--atlas-offset '1,x,2': not numbers; expected 3 comma-separated values"),
+    ("offset length", "--atlas-offset '1,2': 2 value(s), but the mask has 3 spatial axes"),
     ("not an object table", "not an object table of `aiod measure`"),
 ])
 def test_bad_input_is_refused_with_one_line_and_nothing_written(tmp_path, capsys, base, case, message):
@@ -163,6 +254,14 @@ def test_bad_input_is_refused_with_one_line_and_nothing_written(tmp_path, capsys
         args["--atlas-scale"] = "1,1,0.001"  # x in mm by mistake
     elif case == "atlas without scale":
         tifffile.imwrite(tmp_path / "atlas.tif", np.ones((6, 6, 6), np.uint8))
+    elif case == "offset off the image":
+        args["--atlas-offset"] = "0,0,5"
+    elif case == "translated off the image":
+        ngff.write_image(tmp_path / "atlas.ome.zarr", np.ones((12, 12, 12), np.uint8), "ZYX")
+        translate(tmp_path / "atlas.ome.zarr", (-3.0, 0.0, 0.0))
+        args["--atlas"] = tmp_path / "atlas.ome.zarr"
+    elif case in ("bad offset", "offset length"):
+        args["--atlas-offset"] = {"bad offset": "1,x,2", "offset length": "1,2"}[case]
     elif case == "not an object table":
         assert cli.main(["count", "--objects", str(args["--objects"]), "--atlas", str(args["--atlas"]),
                          "--out", str(tmp_path / "counts")]) == 0

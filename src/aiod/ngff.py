@@ -258,6 +258,49 @@ def _multiscales_of(group) -> list:
     return (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales") or []
 
 
+def read_translation(path: Path) -> tuple[float, ...] | None:
+    """The physical position of the first voxel of an OME-Zarr image (NGFF 0.4 or 0.5), one
+    value per spatial axis in the file's order (z, y, x): level 0's `translation` composed with
+    the multiscale's own transformations, each list a scale then a translation, so that the
+    origin is t_level0 * s_multiscale + t_multiscale. `path` is an image group or one of its
+    multiscales arrays (then that array's dataset), or a result whose root holds only labels
+    (then its first label image). None when neither carries a translation, and for a TIFF or a
+    zarr without NGFF metadata."""
+    path = Path(path)
+    group = image_group(path)
+    if group is None and (path / "labels").is_dir():
+        try:
+            attrs = dict(zarr.open_group(store=str(path / "labels"), mode="r").attrs)
+            names = (attrs.get("ome") or attrs).get("labels") or []  # NGFF 0.5 or 0.4
+        except Exception:  # not a zarr group
+            names = []
+        group = image_group(path / "labels" / names[0]) if names else None
+    if group is None:
+        return None
+    ms = _multiscales_of(zarr.open_group(store=str(group), mode="r"))
+    datasets = [(m, d) for m in ms for d in m.get("datasets", [])]
+    if group == path.parent:  # an array of the group: its own dataset
+        datasets = [(m, d) for m, d in datasets if d.get("path") == path.name]
+    if not datasets:
+        return None
+    m, dataset = datasets[0]
+    axes = m.get("axes") or []
+    spatial = [k for k, a in enumerate(axes)
+               if (a.get("type") == "space" if isinstance(a, dict) else str(a).lower() in ("z", "y", "x"))]
+    origin, found = np.zeros(len(axes)), False
+    for source in (dataset, m):  # x = (i * s0 + t0) * s1 + t1
+        for t in source.get("coordinateTransformations", []) or []:
+            values = t.get(t.get("type"))
+            if t.get("type") not in ("scale", "translation") or not isinstance(values, list) \
+                    or len(values) != len(axes) or not all(isinstance(v, (int, float)) for v in values):
+                continue  # another kind (NGFF 0.6: affine, ...), or not a vector of numbers: not read
+            if t["type"] == "scale":
+                origin = origin * np.asarray(values, float)
+            else:
+                origin, found = origin + np.asarray(values, float), True
+    return tuple(float(origin[k]) for k in spatial) if found and spatial else None
+
+
 def naming_image(root: Path, image: Path | None, published_at: Path) -> dict[str, bytes]:
     """The metadata files of the label images in the result `root`, as they read when the
     result is published at `published_at` beside an input `image`: {path relative to root:

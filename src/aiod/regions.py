@@ -5,9 +5,12 @@ An atlas is a label image of region ids (TIFF or (OME-)Zarr) registered to the i
 resolution or another. Positions are physical, with the first corner of the image at 0: image
 voxel i spans [i * s, (i + 1) * s) along each axis (s: the mask's voxel size, or --voxel-size),
 atlas voxel j spans [o + j * a, o + (j + 1) * a) (a: the atlas' voxel size, or --atlas-scale; o:
---atlas-offset, default 0). Each object is counted once, in the atlas voxel that holds its
-centroid c: j = floor(((c + 0.5) * s - o) / a) (nearest voxel when the grids are the same).
-Objects whose centroid falls outside the atlas, or on region 0, get rows of their own.
+the atlas' offset). o is --atlas-offset when given; else the atlas' NGFF translation minus the
+image's (each file's first voxel placed at its translation; 0 for a file without one), so an
+atlas that covers only part of space lands where its metadata puts it. Each object is counted
+once, in the atlas voxel that holds its centroid c: j = floor(((c + 0.5) * s - o) / a) (nearest
+voxel when the grids are the same). Objects whose centroid falls outside the atlas, or on region
+0, get rows of their own.
 
 The atlas is read one block at a time, once: each block's region voxels are counted (region
 volumes) and the objects whose centroid falls in it are looked up. Memory: one block plus the
@@ -17,6 +20,7 @@ object table's centroids.
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,7 +57,9 @@ def parse_scale(text, ndim: int, what: str) -> tuple[float, ...] | None:
         raise InputError(f"{what} '{text}': not numbers; expected {ndim} comma-separated values") from None
     if len(values) != ndim:
         raise InputError(f"{what} '{text}': {len(values)} value(s), but the mask has {ndim} spatial axes")
-    if what != "--atlas-offset" and not all(v > 0 for v in values):
+    if not all(math.isfinite(v) for v in values):
+        raise InputError(f"{what} '{text}': not finite numbers; expected {ndim} comma-separated values")
+    if "offset" not in what and not all(v > 0 for v in values):
         raise InputError(f"{what} '{text}': voxel sizes must be > 0")
     return values
 
@@ -158,7 +164,28 @@ def _atlas_scale(atlas, meta: dict, atlas_scale, voxel_size):
     return tuple(mask_scale), tuple(a_scale)
 
 
-def _check_cover(atlas, meta, mask_scale, a_scale, offset) -> None:
+def atlas_offset_of(atlas, images, atlas_offset, ndim: int, what: str = "--atlas-offset"):
+    """The atlas' first corner relative to the image's (µm per spatial axis): `atlas_offset`
+    when given, else the atlas' NGFF translation minus the image's (the first of `images`, a
+    mask or an image, that exists and carries one), a missing translation counting as 0."""
+    import numpy as np
+
+    from . import ngff
+
+    given = parse_scale(atlas_offset, ndim, what)
+    if given is not None:
+        return np.asarray(given, np.float64)
+
+    def translation(path):
+        t = ngff.read_translation(Path(path)) if path and Path(path).exists() else None
+        return np.asarray(t, np.float64) if t is not None and len(t) == ndim else None
+
+    image = next((t for t in map(translation, images) if t is not None), np.zeros(ndim))
+    a = translation(atlas)
+    return (np.zeros(ndim) if a is None else a) - image
+
+
+def _check_cover(atlas, meta, mask_scale, a_scale, offset, hint: str) -> None:
     """Refuse an atlas whose extent misses the image's by more than one atlas voxel: the mark
     of a wrong voxel size or offset."""
     import numpy as np
@@ -171,21 +198,23 @@ def _check_cover(atlas, meta, mask_scale, a_scale, offset) -> None:
     extent = np.asarray(shape) * np.asarray(mask_scale)
     slack = np.asarray(a_scale) * (1 + 1e-9)
     if np.any(lo > slack) or np.any(hi < extent - slack):
-        raise InputError(f"{atlas.path}: the atlas spans {_span(lo, hi)} but the image spans {_span(0 * lo, extent)} "
-                         "(physical units); check --atlas-scale, --voxel-size and --atlas-offset, or give "
-                         "--partial-atlas to count what lies outside as 'outside atlas'")
+        raise InputError(f"{atlas.path}: the atlas spans {_span(lo, hi)} but the image spans {_span(np.zeros_like(lo), extent)} "
+                         f"(µm from the image's first corner); {hint}")
 
 
-def check_atlas(atlas, shape, scale, *, atlas_scale=None, voxel_size=None, where: str = "atlas") -> None:
+def check_atlas(atlas, shape, scale, *, atlas_scale=None, voxel_size=None, atlas_offset=None, image=None,
+                where: str = "atlas") -> None:
     """Refuse, before any work, an atlas that cannot count the objects of an image of `shape`
-    (voxel size `scale`, or `voxel_size`): not an integer label image, other axes, no voxel size
-    to place it, or an extent that misses the image's."""
+    (voxel size `scale`, or `voxel_size`; its NGFF translation read from `image`): not an integer
+    label image, other axes, no voxel size to place it, or an extent that misses the image's
+    (placed by `atlas_offset`, or by the files' translations)."""
     from .imageio import open_image
 
     ndim = len(shape)
     try:
         atlas_scale = parse_scale(atlas_scale or None, ndim, "atlas_scale")
         voxel_size = parse_scale(voxel_size or None, ndim, "voxel_size")
+        offset = atlas_offset_of(atlas, [image], atlas_offset or None, ndim, "atlas_offset")
         with open_image(Path(atlas)) as source:
             if source.dtype.kind not in "ui":
                 raise InputError(f"{atlas}: atlas pixels are {source.dtype}; expected an integer label image of region ids")
@@ -194,7 +223,8 @@ def check_atlas(atlas, shape, scale, *, atlas_scale=None, voxel_size=None, where
                                  f"{ndim} spatial axes like the image's")
             meta = {"shape": list(shape), "scale": list(scale) if scale else None}
             mask_scale, a_scale = _atlas_scale(source, meta, atlas_scale, voxel_size)
-            _check_cover(source, meta, mask_scale, a_scale, (0.0,) * ndim)
+            _check_cover(source, meta, mask_scale, a_scale, offset,
+                         "check the atlas_scale, voxel_size and atlas_offset columns (or the files' NGFF translations)")
     except InputError as exc:
         raise InputError(f"{where}: {exc}") from None
 
@@ -250,8 +280,11 @@ def _sum_by_id(ids, weights):
 
 
 def count_regions(objects, atlas, *, atlas_scale=None, voxel_size=None, atlas_offset=None, regions=None,
-                  partial_atlas: bool = False) -> Table:
-    """The region table of an object table (`aiod measure`'s Parquet) in `atlas` (docs/measure.md)."""
+                  partial_atlas: bool = False, image=None) -> Table:
+    """The region table of an object table (`aiod measure`'s Parquet) in `atlas` (docs/measure.md).
+    Without `atlas_offset`, the atlas is placed by its NGFF translation relative to that of
+    `image` (the image the mask was made from; default: the mask, else the image, the object
+    table names)."""
     import numpy as np
 
     from .imageio import open_image
@@ -261,7 +294,8 @@ def count_regions(objects, atlas, *, atlas_scale=None, voxel_size=None, atlas_of
     ndim = centroids.shape[1]
     atlas_scale = parse_scale(atlas_scale, ndim, "--atlas-scale")
     voxel_size = parse_scale(voxel_size, ndim, "--voxel-size")
-    offset = np.asarray(parse_scale(atlas_offset, ndim, "--atlas-offset") or (0.0,) * ndim)
+    images = [image] if image is not None else [table.meta.get("mask"), table.meta.get("image")]
+    offset = atlas_offset_of(atlas, images, atlas_offset, ndim)
     with open_image(Path(atlas)) as source:
         if source.dtype.kind not in "ui":
             raise InputError(f"{atlas}: atlas pixels are {source.dtype}; expected an integer label image of region ids")
@@ -270,7 +304,9 @@ def count_regions(objects, atlas, *, atlas_scale=None, voxel_size=None, atlas_of
                              f"{ndim} spatial axes like the mask's {table.meta['axes']}")
         mask_scale, a_scale = _atlas_scale(source, table.meta, atlas_scale, voxel_size)
         if not partial_atlas:
-            _check_cover(source, table.meta, mask_scale, a_scale, offset)
+            _check_cover(source, table.meta, mask_scale, a_scale, offset,
+                         "check --atlas-scale, --voxel-size and --atlas-offset (or the files' NGFF translations), or "
+                         "give --partial-atlas to count what lies outside as 'outside atlas'")
         index = np.floor(((centroids + 0.5) * np.asarray(mask_scale) - offset) / np.asarray(a_scale)).astype(np.int64)
         inside = np.all((index >= 0) & (index < np.asarray(source.spatial_shape)), axis=1)
         region_ids, voxels, region = _scan_atlas(source, index, inside)
