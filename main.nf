@@ -227,15 +227,15 @@ workflow {
         .map { model, scored -> [model] + scored.transpose() }
     EVALUATE(ch_to_score, code.EVALUATE)
 
-    // [model, [id...], [[atlas_scale, voxel_size]...], [atlas...], [record...]]: the results of one FINALIZE task whose
+    // [model, [id...], [[atlas_scale, voxel_size, atlas_offset]...], [atlas...], [record...]]: the results of one FINALIZE task whose
     // image has an atlas, counted per region together (from the object table cached with each result)
-    ch_atlas = ch_samples.filter { row -> row.atlas }.map { row -> [row.id, [row.atlas, row.atlas_scale ?: '', row.voxel_size ?: '']] }
+    ch_atlas = ch_samples.filter { row -> row.atlas }.map { row -> [row.id, [row.atlas, row.atlas_scale ?: '', row.voxel_size ?: '', row.atlas_offset ?: '']] }
         .toList().map { pairs -> pairs.collectEntries() }
     ch_to_count = FINALIZE.out.records
         .combine(ch_atlas)
         .map { model, ids, records, atlas -> [model, asList(records).findAll { r -> atlas[r.baseName] }.collect { r ->
             def a = atlas[r.baseName]
-            [r.baseName, [a[1], a[2]], file(a[0]), r] }] }
+            [r.baseName, [a[1], a[2], a[3]], file(a[0]), r] }] }
         .filter { model, counted -> counted }
         .map { model, counted -> [model] + counted.transpose() }
     COUNT(ch_to_count, params.regions ? file(params.regions) : [], code.COUNT)

@@ -3,7 +3,8 @@
 A 3D volume split into substacks, an atlas at a 4x coarser grid with a two-level hierarchy: the
 region table counts each published object once, in the atlas voxel holding its centroid, as
 the mask itself says; a second run with another atlas reuses the cached result and object
-table and makes only the region table anew."""
+table and makes only the region table anew, with the atlas placed by the samplesheet's
+atlas_offset."""
 
 from __future__ import annotations
 
@@ -31,14 +32,15 @@ def atlas_halves(axis: int) -> np.ndarray:
     return atlas
 
 
-def expected(mask: np.ndarray, atlas: np.ndarray) -> dict[int, tuple[int, int]]:
-    """Region -> (objects, summed voxels) from the mask: each object in the atlas voxel of its centroid."""
+def expected(mask: np.ndarray, atlas: np.ndarray, offset=(0, 0, 0)) -> dict[int, tuple[int, int]]:
+    """Region -> (objects, summed voxels) from the mask: each object in the atlas voxel of its centroid
+    (1 µm image voxels, 4 µm atlas voxels, the atlas' first corner at `offset` µm from the image's)."""
     ids = np.unique(mask)[1:]
     centroids = np.array(ndimage.center_of_mass(np.ones_like(mask), mask, ids))
     sizes = ndimage.sum_labels(np.ones_like(mask), mask, ids)
-    cells = np.floor((centroids + 0.5) / 4).astype(int)
+    cells = np.floor((centroids + 0.5 - np.asarray(offset)) / 4).astype(int)
     region = atlas[tuple(cells.T)]
-    return {r: (int((region == r).sum()), int(sizes[region == r].sum())) for r in (10, 20)}
+    return {r: (int((region == r).sum()), int(sizes[region == r].sum())) for r in (10, 20, 30)}
 
 
 def region_rows(path) -> dict[int, dict]:
@@ -70,15 +72,23 @@ def test_objects_counted_per_region_once_and_a_new_atlas_recounts_without_segmen
     page = (tmp_path / "results" / "report.html").read_text()
     assert "Objects per atlas region" in page and 'alt="top regions by density: volume' in page
 
-    # another atlas: the mask and its object table come from the cache, only the regions are new
-    tifffile.imwrite(tmp_path / "atlas.tif", atlas_halves(0))
+    # another atlas, split along z and starting 8 µm (2 atlas voxels of region 30) before the image, as the
+    # samplesheet's atlas_offset says: the mask and its object table come from the cache, only the regions are new
+    shifted = np.concatenate([np.full((2, 40, 40), 30, np.uint16), atlas_halves(0)])
+    tifffile.imwrite(tmp_path / "atlas.tif", shifted)
+    (tmp_path / "images.csv").write_text(
+        'id,image,atlas,atlas_scale,voxel_size,atlas_offset\nvolume,volume.tif,atlas.tif,"4,4,4","1,1,1","-8,0,0"\n')
     run_pipeline(tmp_path, *common, "--trace_report_suffix", "second")
     trace = trace_rows(tmp_path / "results", "second")
     assert not processes(trace, "SEGMENT") and not processes(trace, "MERGE")
     assert len(processes(trace, "COUNT", "COMPLETED")) == 1 and len(cache_entries(tmp_path / "root")) == 1
     rows = region_rows(tmp_path / "results" / "volume.regions.csv")
-    want = expected(mask, atlas_halves(0))
-    assert [int(rows[r]["objects"]) for r in (10, 20)] == [want[10][0], want[20][0]]
+    want = expected(mask, shifted, offset=(-8, 0, 0))
+    assert want == expected(mask, atlas_halves(0)) and want[10][0] and want[20][0] and want[30] == (0, 0)
+    assert want != expected(mask, shifted)  # without the offset, the halves would split the objects elsewhere
+    for region in (10, 20, 30):
+        assert (int(rows[region]["objects"]), float(rows[region]["object_volume_um3"])) == want[region]
+    assert float(rows[30]["region_volume_mm3"]) == pytest.approx(2 * 40 * 40 * 64 / 1e9)
 
 
 @pytest.mark.parametrize("atlas, extra, message", [

@@ -9,7 +9,7 @@ import tifffile
 from aiod.errors import InputError, SamplesheetError
 from aiod.samplesheet import check_samples, read_samplesheet, write_checked
 
-EXPECTED = "expected columns: id, image, axes, channel, ground_truth, atlas, atlas_scale, voxel_size, split"
+EXPECTED = "expected columns: id, image, axes, channel, ground_truth, atlas, atlas_scale, voxel_size, atlas_offset, split"
 
 
 @pytest.fixture
@@ -59,15 +59,15 @@ def test_happy_path_reads_resolves_and_writes_the_normalized_csv(folder):
     with open(folder / "samples.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["id", "image", "axes", "channel", "ground_truth", "spatial_shape",
-                             "canonical_axes", "plan_batch", "atlas", "atlas_scale", "voxel_size"]
+                             "canonical_axes", "plan_batch", "atlas", "atlas_scale", "voxel_size", "atlas_offset"]
     assert rows[0] == {"id": "a", "image": str(folder / "img" / "a.tif"), "axes": "YX",
                        "channel": "", "ground_truth": str(folder / "img" / "gt.tif"),
                        "spatial_shape": "32x48", "canonical_axes": "YX", "plan_batch": "0",
-                       "atlas": "", "atlas_scale": "", "voxel_size": ""}
+                       "atlas": "", "atlas_scale": "", "voxel_size": "", "atlas_offset": ""}
     assert rows[1] == {"id": "vol-1.b", "image": str(folder / "img" / "vol.tif"),
                        "axes": "ZCYX", "channel": "1", "ground_truth": "",
                        "spatial_shape": "4x32x48", "canonical_axes": "CZYX", "plan_batch": "0",
-                       "atlas": "", "atlas_scale": "", "voxel_size": ""}
+                       "atlas": "", "atlas_scale": "", "voxel_size": "", "atlas_offset": ""}
 
 
 def test_columns_may_come_in_any_order_and_optional_ones_may_be_missing(folder):
@@ -97,7 +97,7 @@ def test_stub_mode_checks_without_opening_images(folder):
 def test_empty_file(folder):
     path = sheet(folder, "")
     assert error_of(path) == (f"{path}: the file is empty; expected a header line with "
-                              "columns: id, image, axes, channel, ground_truth, atlas, atlas_scale, voxel_size, split")
+                              f"columns: {EXPECTED.removeprefix('expected columns: ')}")
 
 
 def test_unknown_column_suggests_the_closest(folder):
@@ -212,3 +212,46 @@ def test_missing_ground_truth(folder):
     path = sheet(folder, "id,image,ground_truth\na,img/a.tif,img/none.tif\n")
     assert error_of(path, InputError) == (
         f"{path}: line 2: column 'ground_truth': {folder / 'img' / 'none.tif'}: file not found")
+
+
+# --------------------------------------------------------------------------- atlas_offset
+
+
+@pytest.fixture
+def atlas_folder(folder):
+    """A 16x32x48 volume at 1 µm and an atlas of 4x8x12 voxels of 4 µm: the same extent."""
+    tifffile.imwrite(folder / "img" / "brain.tif", np.zeros((16, 32, 48), "uint16"), photometric="minisblack")
+    tifffile.imwrite(folder / "img" / "atlas.tif", np.ones((4, 8, 12), "uint16"), photometric="minisblack")
+    return folder
+
+
+def test_atlas_offset_is_carried_to_the_normalized_csv(atlas_folder):
+    path = sheet(atlas_folder, 'id,image,atlas,atlas_scale,voxel_size,atlas_offset\n'
+                               'b,img/brain.tif,img/atlas.tif,"4,4,4","1,1,1"," -2, 3.5,0 "\n')
+    [s] = read_samplesheet(path)
+    assert s.atlas_offset == "-2,3.5,0"
+    write_checked(check_samples([s]), atlas_folder / "samples.csv")
+    [row] = list(csv.DictReader(open(atlas_folder / "samples.csv", newline="")))
+    assert (row["atlas_scale"], row["voxel_size"], row["atlas_offset"]) == ("4,4,4", "1,1,1", "-2,3.5,0")
+
+
+@pytest.mark.parametrize("value", ["a,b,c", "1", "1,2,3,4", "nan,0,0"])
+def test_atlas_offset_that_is_not_a_number_per_axis(atlas_folder, value):
+    path = sheet(atlas_folder, f'id,image,atlas,atlas_scale,atlas_offset\nb,img/brain.tif,img/atlas.tif,"4,4,4","{value}"\n')
+    assert error_of(path) == (f"{path}: line 2: column 'atlas_offset': '{value}': expected the atlas' position per "
+                              "spatial axis, numbers such as 0,-120,250 (µm)")
+
+
+def test_atlas_offset_with_a_value_per_axis_of_another_image(atlas_folder):
+    path = sheet(atlas_folder, 'id,image,atlas,atlas_scale,atlas_offset\nb,img/brain.tif,img/atlas.tif,"4,4,4","0,0"\n')
+    assert error_of(path, InputError) == (f"{path}: line 2: column 'atlas_offset': '0,0' has 2 value(s) but "
+                                          f"{atlas_folder / 'img' / 'brain.tif'} has 3 spatial axes (ZYX)")
+
+
+def test_atlas_offset_that_leaves_the_image_uncovered_is_refused_before_any_work(atlas_folder):
+    path = sheet(atlas_folder, 'id,image,atlas,atlas_scale,voxel_size,atlas_offset\n'
+                               'b,img/brain.tif,img/atlas.tif,"4,4,4","1,1,1","0,0,8"\n')
+    message = error_of(path, InputError)
+    assert message.startswith(f"{path}: line 2: column 'atlas': ") and "\n" not in message
+    assert ("the atlas spans [0, 16) x [0, 32) x [8, 56) but the image spans [0, 16) x [0, 32) x [0, 48) "
+            "(µm from the image's first corner); check the atlas_scale, voxel_size and atlas_offset columns") in message

@@ -223,20 +223,22 @@ def _score(a):
 
 
 def _count_step(a):
-    """COUNT: each (id, record, atlas, atlas_scale, voxel_size) row of --items counted per region
-    into <outdir>/<id>.regions.parquet/.csv, from the object table its cache entry holds (made
-    here, from the mask and the image, for an entry cached before results carried one)."""
+    """COUNT: each (id, record, atlas, atlas_scale, voxel_size, atlas_offset) row of --items counted
+    per region into <outdir>/<id>.regions.parquet/.csv, from the object table its cache entry holds
+    (made here, from the mask and the image, for an entry cached before results carried one). The
+    atlas is placed by atlas_offset, else by its NGFF translation and the input image's."""
     from . import measure, publish, regions, tables
     outdir = Path(a.outdir)
     for line in Path(a.items).read_text().splitlines():
-        sample_id, record_path, atlas, atlas_scale, voxel_size = line.split("\t")
+        sample_id, record_path, atlas, atlas_scale, voxel_size, atlas_offset = line.split("\t")
         record = json.loads(Path(record_path).read_text())
         objects = Path(record["cache_entry"]) / "objects.parquet"
         if not objects.is_file():
             table = measure.measure_result(Path(record["cache_entry"]) / "labels.ome.zarr", record["image"])
             objects = tables.write_tables(table, Path(f"{sample_id}.objects"))[0]
         table = regions.count_regions(objects, Path(atlas), atlas_scale=atlas_scale or None, voxel_size=voxel_size or None,
-                                      regions=Path(a.regions) if a.regions else None)
+                                      atlas_offset=atlas_offset or None, regions=Path(a.regions) if a.regions else None,
+                                      image=record["image"])
         publish.check_region_tables(outdir, sample_id)
         parquet, csv_path = tables.write_tables(table, outdir / f"{sample_id}.regions", inputs=(atlas, record["image"]))
         c = table.columns
@@ -404,7 +406,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--atlas", required=True, help="a label image of region ids (TIFF or (OME-)Zarr)")
     s.add_argument("--atlas-scale", help="the atlas' voxel size z,y,x (µm) when its file has none")
     s.add_argument("--voxel-size", help="the mask's voxel size z,y,x (µm), instead of its file's")
-    s.add_argument("--atlas-offset", help="where the atlas' first corner lies in the image (µm, z,y,x); default 0")
+    s.add_argument("--atlas-offset", help="where the atlas' first corner lies from the image's (µm, z,y,x); default: "
+                   "the atlas' NGFF translation minus the mask's (or image's), else 0")
     s.add_argument("--regions", help="region hierarchy CSV: id, name, acronym, parent_id")
     s.add_argument("--partial-atlas", action="store_true",
                    help="accept an atlas that does not cover the image (objects beyond it: 'outside atlas')")
@@ -438,7 +441,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_score)
 
     s = sub.add_parser("count-results", help="count each result's objects per atlas region (the pipeline's COUNT)")
-    s.add_argument("--items", required=True, help="TSV: id, the result's record, atlas, atlas_scale, voxel_size")
+    s.add_argument("--items", required=True, help="TSV: id, the result's record, atlas, atlas_scale, voxel_size, atlas_offset")
     s.add_argument("--outdir", required=True, help="where <id>.regions.parquet/.csv go")
     s.add_argument("--regions", help="the regions' hierarchy (CSV: id, name, acronym, parent_id)")
     s.set_defaults(func=_count_step)

@@ -11,6 +11,8 @@ Columns (header on line 1, any order):
                   resolution: each result's objects are counted per region (docs/measure.md)
     atlas_scale   optional; the atlas' voxel size, e.g. 25,25,25 (µm; default: its metadata's)
     voxel_size    optional; the image's voxel size, e.g. 2,0.65,0.65 (default: its metadata's)
+    atlas_offset  optional; where the atlas' first corner lies from the image's first corner, e.g.
+                  0,-120,250 (µm; default: from the files' NGFF translations, else 0)
     split         optional; train, valid or test: the image's part in fine-tuning (docs/finetune.md)
 
 Empty optional cells mean "not given". Every error is one line naming the samplesheet, the line
@@ -32,11 +34,12 @@ from .batches import plan_groups
 from .errors import InputError, SamplesheetError
 from .imageio import check_axes, open_image
 
-COLUMNS = ("id", "image", "axes", "channel", "ground_truth", "atlas", "atlas_scale", "voxel_size", "split")
+COLUMNS = ("id", "image", "axes", "channel", "ground_truth", "atlas", "atlas_scale", "voxel_size", "atlas_offset",
+           "split")
 SPLITS = ("train", "valid", "test")
 REQUIRED = ("id", "image")
 CHECKED_COLUMNS = ("id", "image", "axes", "channel", "ground_truth", "spatial_shape",
-                   "canonical_axes", "plan_batch", "atlas", "atlas_scale", "voxel_size")
+                   "canonical_axes", "plan_batch", "atlas", "atlas_scale", "voxel_size", "atlas_offset")
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 
 
@@ -53,6 +56,7 @@ class Sample(BaseModel):
     atlas: Path | None = None
     atlas_scale: str | None = None
     voxel_size: str | None = None
+    atlas_offset: str | None = None
     split: str | None = None
     source: str | None = Field(default=None, exclude=True)
     line: int | None = Field(default=None, exclude=True)
@@ -92,6 +96,19 @@ class Sample(BaseModel):
         except ValueError:
             pass
         raise ValueError(f"'{v}': expected a voxel size per spatial axis, positive numbers such as 2,0.65,0.65 (µm)")
+
+    @field_validator("atlas_offset", mode="before")
+    @classmethod
+    def _offset(cls, v):
+        if v is None or str(v).strip() == "":
+            return None
+        parts = str(v).replace(" ", "").split(",")
+        try:
+            if all(math.isfinite(float(p)) for p in parts) and len(parts) in (2, 3):
+                return ",".join(parts)
+        except ValueError:
+            pass
+        raise ValueError(f"'{v}': expected the atlas' position per spatial axis, numbers such as 0,-120,250 (µm)")
 
     @field_validator("split", mode="before")
     @classmethod
@@ -229,8 +246,14 @@ def _check_one(s: Sample) -> CheckedSample:
                                 src.spatial_shape, n)
         if s.atlas is not None:
             from .regions import check_atlas
+            for column in ("atlas_scale", "voxel_size", "atlas_offset"):
+                value = getattr(s, column)
+                if value and len(value.split(",")) != len(src.spatial_shape):
+                    raise InputError(f"{_where(sheet, line, column)}: '{value}' has {len(value.split(','))} value(s) "
+                                     f"but {s.image} has {len(src.spatial_shape)} spatial axes "
+                                     f"({''.join(a for a in src.axes if a != 'C')})")
             check_atlas(s.atlas, src.spatial_shape, src.scale, atlas_scale=s.atlas_scale, voxel_size=s.voxel_size,
-                        where=_where(sheet, line, "atlas"))
+                        atlas_offset=s.atlas_offset, image=s.image, where=_where(sheet, line, "atlas"))
     if s.ground_truth is None:
         return checked
     try:
@@ -262,7 +285,8 @@ def check_samples(samples: list[Sample], open_images: bool = True) -> list[Check
 def write_checked(checked: list[CheckedSample], out_csv) -> None:
     """Write the normalized CSV the pipeline reads: id, image (absolute), axes, channel (as
     given or empty), ground_truth (absolute or empty), spatial_shape (e.g. 64x128x128),
-    canonical_axes (e.g. CZYX), plan_batch (the PLAN task that takes the image: aiod.batches).
+    canonical_axes (e.g. CZYX), plan_batch (the PLAN task that takes the image: aiod.batches),
+    atlas (absolute or empty), atlas_scale, voxel_size, atlas_offset (as given or empty).
 
     `axes` is the resolved STORED axis order (e.g. ZCYX, or TZCYX with T=1): the pipeline passes
     it back to `open_image(image, axes)`, which then reads the image exactly as checked here.
@@ -279,7 +303,7 @@ def write_checked(checked: list[CheckedSample], out_csv) -> None:
                         "" if c.ground_truth is None else str(c.ground_truth),
                         _dims(c.spatial_shape or ()), c.axes or "", group,
                         "" if c.sample.atlas is None else str(c.sample.atlas.resolve()),
-                        c.sample.atlas_scale or "", c.sample.voxel_size or ""])
+                        c.sample.atlas_scale or "", c.sample.voxel_size or "", c.sample.atlas_offset or ""])
 
 
 
