@@ -3,6 +3,8 @@ hierarchy rolled up; bad atlases and region files refused with one line and noth
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tifffile
@@ -267,3 +269,21 @@ def test_bad_input_is_refused_with_one_line_and_nothing_written(tmp_path, capsys
                          "--out", str(tmp_path / "counts")]) == 0
         args["--objects"] = tmp_path / "counts.parquet"
     refused(tmp_path, capsys, args, message)
+
+
+def test_the_pipeline_count_step_places_the_atlas_by_the_input_images_translation(tmp_path):
+    small, _, c, expected = coarse_atlas_case(tmp_path)  # objects.parquet names a mask without a translation
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    (tmp_path / "objects.parquet").rename(entry / "objects.parquet")
+    ngff.write_image(tmp_path / "image.ome.zarr", np.zeros((32, 40, 48), np.uint8), "ZYX", scale=(2.0, 1.0, 1.0))
+    translate(tmp_path / "image.ome.zarr", (100.0, 200.0, 300.0))
+    ngff.write_image(tmp_path / "atlas.ome.zarr", padded_atlas(small), "ZYX", chunks=(3, 4, 5), scale=(8.0, 4.0, 4.0))
+    translate(tmp_path / "atlas.ome.zarr", (84.0, 192.0, 292.0))
+    (tmp_path / "record.json").write_text(json.dumps({"cache_entry": str(entry), "image": str(tmp_path / "image.ome.zarr")}))
+    (tmp_path / "items.tsv").write_text(f"vol\t{tmp_path / 'record.json'}\t{tmp_path / 'atlas.ome.zarr'}\t\t\t\n")
+    assert cli.main(["count-results", "--items", str(tmp_path / "items.tsv"), "--outdir", str(tmp_path / "out")]) == 0
+    table = measure.read_table(tmp_path / "out" / "vol.regions.parquet")
+    rows = {int(i): {k: v[n] for k, v in table.columns.items()} for n, i in enumerate(table.columns["region_id"])}
+    assert_counts(rows, expected, c)
+    assert table.meta["atlas_offset"] == [-16.0, -8.0, -8.0]

@@ -255,3 +255,18 @@ def test_atlas_offset_that_leaves_the_image_uncovered_is_refused_before_any_work
     assert message.startswith(f"{path}: line 2: column 'atlas': ") and "\n" not in message
     assert ("the atlas spans [0, 16) x [0, 32) x [8, 56) but the image spans [0, 16) x [0, 32) x [0, 48) "
             "(µm from the image's first corner); check the atlas_scale, voxel_size and atlas_offset columns") in message
+
+
+def test_without_atlas_offset_the_files_translations_place_the_atlas(atlas_folder):
+    from test_regions import translate
+
+    from aiod import ngff
+    ngff.write_image(atlas_folder / "img" / "brain.ome.zarr", np.zeros((16, 32, 48), "uint16"), "ZYX")
+    ngff.write_image(atlas_folder / "img" / "atlas.ome.zarr", np.ones((4, 8, 12), "uint16"), "ZYX", scale=(4, 4, 4))
+    translate(atlas_folder / "img" / "brain.ome.zarr", (0.0, 0.0, 100.0))
+    path = sheet(atlas_folder, "id,image,atlas\nb,img/brain.ome.zarr,img/atlas.ome.zarr\n")
+    message = error_of(path, InputError)  # the image lies 100 µm along x, the atlas at 0
+    assert message.startswith(f"{path}: line 2: column 'atlas': ") and "the atlas spans [0, 16) x [0, 32) x [-100, -52)" in message
+    translate(atlas_folder / "img" / "atlas.ome.zarr", (0.0, 0.0, 100.0))
+    [checked] = check_samples(read_samplesheet(path))
+    assert checked.spatial_shape == (16, 32, 48)
