@@ -210,12 +210,15 @@ def test_cells_that_tile_the_image_match_as_stardist_matches_them():
     assert [metrics.match_labels(gt, wavy, t).tp for t in (0.5, 0.6, 0.7)] == [204, 76, 7]  # of 256 cells
 
 
-@pytest.mark.parametrize("dense_pairs, high", [(1 << 20, 50), (0, 50), (1 << 20, 1 << 40)])
-def test_pair_counts_by_counting_by_sparse_matrix_and_for_ids_spread_wide_agree_with_a_plain_count(monkeypatch, dense_pairs, high):
+@pytest.mark.parametrize("dense_pairs, pack_bits, high", [(1 << 20, 63, 50), (0, 63, 50), (0, 0, 50), (1 << 20, 63, 1 << 40),
+                                                      (0, 63, 1 << 40)])
+def test_pair_counts_by_counting_by_sorting_by_sparse_matrix_and_for_ids_spread_wide_agree_with_a_plain_count(
+        monkeypatch, dense_pairs, pack_bits, high):
     from collections import Counter
 
     from aiod import metrics as m
     monkeypatch.setattr(m, "DENSE_PAIRS", dense_pairs)
+    monkeypatch.setattr(m, "PACK_BITS", pack_bits)
     rng = np.random.default_rng(3)
     x = np.repeat(rng.integers(0, high, 400, dtype=np.int64), rng.integers(1, 9, 400))
     y = np.repeat(rng.integers(0, 30, len(x) // 3 + 1, dtype=np.int64), 3)[: len(x)]

@@ -54,12 +54,23 @@ def _block_shape(arr) -> tuple[int, ...]:
 
 
 def _reduce(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    uk, inv = np.unique(keys, axis=0, return_inverse=True)
-    return uk, np.bincount(inv.ravel(), weights=counts).astype(np.int64)
+    """(distinct (gt, pred) rows of `keys`, sorted; the summed counts of each). A lexicographic
+    sort of the two columns: np.unique(axis=0) sorts rows as opaque records, ten times slower
+    (4 M pairs: 11 s against 1.2 s)."""
+    if len(keys) == 0:
+        return keys, counts
+    order = np.lexsort((keys[:, 1], keys[:, 0]))
+    keys, counts = keys[order], counts[order]
+    first = np.empty(len(keys), dtype=bool)
+    first[0] = True
+    first[1:] = (keys[1:, 0] != keys[:-1, 0]) | (keys[1:, 1] != keys[:-1, 1])
+    starts = np.flatnonzero(first)
+    return keys[starts], np.add.reduceat(counts, starts).astype(np.int64)
 
 
 WORKERS = min(2, os.cpu_count() or 1)  # threads reading and counting blocks (contingency)
-DENSE_PAIRS = 1 << 20  # label pairs of a block counted in one array (8 MiB) rather than a sparse matrix
+DENSE_PAIRS = 1 << 20  # label pairs of a block counted in one array (8 MiB) rather than sorted
+PACK_BITS = 63  # a run's pair index and length packed into one int64 when they fit (else a sparse matrix)
 
 
 def _dense_index(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +93,8 @@ def pair_counts(x: np.ndarray, y: np.ndarray):
     pairs now and then instead of after every block, bench/evaluate.py's 0.5 GiB pair went from
     24.8 s (a sort of every voxel's pair) to 4.2 s. A block's labels span a narrow range: they
     are indexed through a table of that range, and the runs summed per pair by counting when
-    the block's pairs fit in DENSE_PAIRS (else in a sparse matrix)."""
+    the block's pairs fit in DENSE_PAIRS, else by sorting the runs packed as integers (pair and
+    length), else (pair and length need more than 63 bits) in a sparse matrix."""
     if len(x) == 0:
         return x[:0], y[:0], np.zeros(0, np.int64)
     change = np.empty(len(x), dtype=bool)
@@ -93,10 +105,25 @@ def pair_counts(x: np.ndarray, y: np.ndarray):
     lengths = np.diff(np.append(starts, len(x)))
     rx, ry = x[starts].astype(np.int64), y[starts].astype(np.int64)
     (ux, ix), (uy, iy) = _dense_index(rx), _dense_index(ry)
-    if len(ux) * len(uy) <= DENSE_PAIRS:  # few labels in the block: sum the runs per pair by counting
-        total = np.bincount(ix * len(uy) + iy, weights=lengths, minlength=len(ux) * len(uy))
+    n_pairs = len(ux) * len(uy)
+    if n_pairs <= DENSE_PAIRS:  # few labels in the block: sum the runs per pair by counting
+        total = np.bincount(ix * len(uy) + iy, weights=lengths, minlength=n_pairs)
         pairs = np.flatnonzero(total)
         return ux[pairs // len(uy)], uy[pairs % len(uy)], total[pairs].astype(np.int64)
+    shift = int(lengths.max()).bit_length()
+    if n_pairs.bit_length() + shift <= PACK_BITS:
+        # each run as one integer, its pair above its length: one sort of plain integers groups
+        # the runs of a pair (a 512 x 256 x 128 block of ~35,000 cells: 0.06 s, against 0.1 s
+        # for the sparse matrix below and 0.35 s for an argsort of the pairs)
+        packed = np.sort(((ix * len(uy) + iy) << shift) | lengths)
+        key = packed >> shift
+        first = np.empty(len(key), dtype=bool)
+        first[0] = True
+        np.not_equal(key[1:], key[:-1], out=first[1:])
+        starts = np.flatnonzero(first)
+        total = np.add.reduceat(packed & ((1 << shift) - 1), starts)
+        key = key[starts]
+        return ux[key // len(uy)], uy[key % len(uy)], total.astype(np.int64)
     # runs of one pair summed as a sparse matrix: a counting sort by row, not a sort of all runs
     from scipy.sparse import coo_matrix  # scipy is imported where it is used: COMPARE reads scores only
 
