@@ -6,7 +6,9 @@ trained on. Three crops train it, the fourth (held out) scores it before and aft
 One FINETUNE pipeline run (the module's fixture) serves the end-to-end checks; a second one, whose
 training task is killed after its first checkpoint, must be retried and end where the
 uninterrupted run ended; bad input is refused in the pipeline's own environment before anything
-is trained or written."""
+is trained or written. The small StarDist 2D model (tests/families/train_stardist.py) is
+fine-tuned on the same crops by a pipeline run of its own, and a training of it killed after its
+first checkpoint is run again and resumes."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import tifffile
 import yaml
 
 from aiod import catalogue, cli, registry
+from aiod.artifacts import _tree_sha256 as tree_sha256
 from aiod.planner import Plan
 from aiod.steps.plan import result_key
 from family_envs import env_python, nuclei_data, trained_artifact  # noqa: F401 - fixtures
@@ -61,16 +64,42 @@ def annotated_crops(folder: Path, nuclei: Path) -> Path:
     return folder / "annotated.csv"
 
 
-def lab_registry(folder: Path, weights: Path) -> Path:
-    """A lab registry whose cellpose/nuclei is `weights` (a copy: its sha256 is pinned)."""
+def lab_registry(folder: Path, weights: Path, family: str = "cellpose", version: str = "nuclei") -> Path:
+    """A lab registry whose <family>/<version> is `weights`, a file or a model folder (a copy: its
+    sha256 is pinned)."""
     folder.mkdir(parents=True)
-    parent = shutil.copy(weights, folder / "parent_nuclei")
-    manifest = yaml.safe_load((registry.BUILTIN_DIR / "manifests" / "cellpose.yaml").read_text())
-    entry = manifest["versions"]["nuclei"]
-    manifest["versions"] = {"nuclei": {**entry, "tasks": {"nuclei": {"locations": [
-        {"filepath": str(parent), "sha256": sha256(parent)}]}}}}
-    (folder / "cellpose.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    parent = folder / f"parent_{version}"
+    if Path(weights).is_dir():
+        shutil.copytree(weights, parent)
+    else:
+        shutil.copy(weights, parent)
+    manifest = yaml.safe_load((registry.BUILTIN_DIR / "manifests" / f"{family}.yaml").read_text())
+    entry = manifest["versions"][version]
+    manifest["versions"] = {version: {**entry, "tasks": {next(iter(entry["tasks"])): {"locations": [
+        {"filepath": str(parent), "sha256": tree_sha256(parent) if parent.is_dir() else sha256(parent)}]}}}}
+    (folder / f"{family}.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
     return folder
+
+
+def lab_without(source: Path, folder: Path, family: str, name: str) -> Path:
+    """A copy of the lab registry `source` as it was before `name` was registered."""
+    shutil.copytree(source, folder, ignore=shutil.ignore_patterns("weights"))
+    manifest = yaml.safe_load((folder / f"{family}.yaml").read_text())
+    del manifest["versions"][name]
+    (folder / f"{family}.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return folder
+
+
+def segment_c3(run: dict, family: str, version: str) -> tuple[dict, dict]:
+    """A segmentation pipeline run of the held-out crop with `version` from the run's lab registry:
+    (the image's result record, its cache entry's manifest)."""
+    work = run["work"]
+    (work / "new.csv").write_text(f"id,image\nc3,{work / 'data' / 'c3.tif'}\n")
+    run_pipeline(work, "--input", str(work / "new.csv"), "--model", family, "--model_version", version,
+                 "--registry_dir", str(run["lab"]), "--outdir", str(work / "segmented"), "--root_dir", str(work / "root"),
+                 "--num_substacks", "1", profile="test,venv")
+    result = json.loads((work / "segmented" / "c3.json").read_text())
+    return result, json.loads((Path(result["cache_entry"]) / "manifest.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -147,13 +176,7 @@ def test_the_new_version_is_listed_only_for_users_who_can_read_its_weights(finet
 
 
 def test_a_run_with_the_new_version_is_cached_under_a_key_naming_its_weights(finetuned):
-    work, lab = finetuned["work"], finetuned["lab"]
-    (work / "new.csv").write_text(f"id,image\nc3,{work / 'data' / 'c3.tif'}\n")
-    run_pipeline(work, "--input", str(work / "new.csv"), "--model", "cellpose", "--model_version", "nuclei_lab",
-                 "--registry_dir", str(lab), "--outdir", str(work / "segmented"), "--root_dir", str(work / "root"),
-                 "--num_substacks", "1", profile="test,venv")
-    result = json.loads((work / "segmented" / "c3.json").read_text())
-    entry = json.loads((Path(result["cache_entry"]) / "manifest.json").read_text())
+    result, entry = segment_c3(finetuned, "cellpose", "nuclei_lab")
     assert result["n_objects"] > 0 and entry["model"]["artifact"]["sha256"] == finetuned["record"]["weights_sha256"]
     image = {k: entry["image"][k] for k in ("fingerprint", "axes", "shape", "dtype", "channel")}
     plan = Plan.from_dict(entry["plan"])
@@ -188,11 +211,7 @@ def training_processes(work: Path) -> list[int]:
 
 
 def test_a_training_task_killed_after_its_first_epoch_is_retried_and_resumes_to_the_same_model(finetuned, tmp_path):
-    lab = tmp_path / "lab"
-    shutil.copytree(finetuned["lab"], lab, ignore=shutil.ignore_patterns("weights"))
-    manifest = yaml.safe_load((lab / "cellpose.yaml").read_text())
-    del manifest["versions"]["nuclei_lab"]
-    (lab / "cellpose.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    lab = lab_without(finetuned["lab"], tmp_path / "lab", "cellpose", "nuclei_lab")
     run = finetune_run(tmp_path, finetuned["sheet"], lab)
     training = tmp_path / "root" / "aiod_cache" / "cellpose" / "training"
     deadline = time.time() + 600
@@ -215,24 +234,105 @@ def test_a_training_task_killed_after_its_first_epoch_is_retried_and_resumes_to_
     assert resumed["metrics"]["after"]["pooled"]["f1"] >= uninterrupted["metrics"]["after"]["pooled"]["f1"]
 
 
+def finetune_command(family: str, *args) -> tuple[list[str], dict]:
+    """`bin/aiod finetune ARGS` in the family's environment, as its training task runs it: (command, environment)."""
+    env = {**os.environ, "PYTHONNOUSERSITE": "1"}
+    env.pop("VIRTUAL_ENV", None)
+    return [str(env_python(family)), str(ROOT / "bin" / "aiod"), "finetune", *map(str, args)], env
+
+
 def test_a_model_that_is_not_better_is_reported_and_not_registered(finetuned, tmp_path):
     lab = tmp_path / "lab"
     shutil.copytree(finetuned["lab"], lab)
     before = tree(lab)
     # a learning rate of 1 wrecks the network in one step (the first epoch's rate is 0: the warm-up)
     (tmp_path / "training.yaml").write_text(yaml.safe_dump({**TRAINING, "epochs": 2, "learning_rate": 1.0}))
-    env = {**os.environ, "PYTHONNOUSERSITE": "1"}
-    env.pop("VIRTUAL_ENV", None)
-    proc = subprocess.run([str(env_python("cellpose")), str(ROOT / "bin" / "aiod"), "finetune", "--input", str(finetuned["sheet"]),
-                           "--model", "cellpose", "--version", "nuclei", "--name", "wrecked", "--registry-dir", str(lab),
-                           "--out", str(tmp_path / "out"), "--root-dir", str(tmp_path / "root"),
-                           "--params", str(tmp_path / "training.yaml")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    cmd, env = finetune_command("cellpose", "--input", finetuned["sheet"], "--model", "cellpose", "--version", "nuclei",
+                                "--name", "wrecked", "--registry-dir", lab, "--out", tmp_path / "out",
+                                "--root-dir", tmp_path / "root", "--params", tmp_path / "training.yaml")
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((tmp_path / "out" / "finetune.json").read_text())
     assert record["metrics"]["after"]["pooled"]["f1"] < record["metrics"]["before"]["pooled"]["f1"]
     assert not record["registered"] and "cellpose/wrecked: NOT registered: not better than nuclei" in proc.stdout
     assert tree(lab) == before and ": not registered</h1>" in (tmp_path / "out" / "finetune.html").read_text()
+
+
+# StarDist: the small 2D model the tests train (on the nuclei image at its own size), fine-tuned on
+# the same crops, whose nuclei are twice the size it learnt: before, it finds none of them.
+STARDIST = {"epochs": 12, "patch_size": 128, "patches_per_epoch": 32, "batch_size": 4}
+SD_PARENT = "2D_versatile_fluo"  # the lab's entry of that name holds the test model
+
+
+@pytest.fixture(scope="module")
+def stardist_finetuned(tmp_path_factory, trained_artifact, nuclei_data):  # noqa: F811
+    """One `nextflow run main.nf -entry FINETUNE` from the StarDist test model, 12 short epochs."""
+    env_python("stardist")
+    work = tmp_path_factory.mktemp("finetune_stardist")
+    sheet = annotated_crops(work / "data", nuclei_data)
+    lab = lab_registry(work / "lab", trained_artifact("stardist", 2), "stardist", SD_PARENT)
+    (work / "training.yaml").write_text(yaml.safe_dump(STARDIST))
+    started = time.time()
+    proc = run_pipeline(work, "-entry", "FINETUNE", "--input", str(sheet), "--model", "stardist", "--model_version", SD_PARENT,
+                        "--finetune_name", "fluo_lab", "--finetune_params", str(work / "training.yaml"),
+                        "--registry_dir", str(lab), "--outdir", str(work / "results"), "--root_dir", str(work / "root"),
+                        "--trace_report_suffix", "ft", profile="test,venv")
+    return {"work": work, "lab": lab, "sheet": sheet, "stdout": proc.stdout, "seconds": time.time() - started,
+            "record": json.loads((work / "results" / "finetune.json").read_text())}
+
+
+def test_a_fine_tuned_stardist_model_scores_better_on_the_held_out_crop_and_is_registered_as_a_model_folder(
+        stardist_finetuned):
+    record, lab = stardist_finetuned["record"], stardist_finetuned["lab"]
+    before, after = (record["metrics"][k]["pooled"] for k in ("before", "after"))
+    assert record["epochs_done"] == STARDIST["epochs"] and len(record["curves"]["train_loss"]) == STARDIST["epochs"]
+    # the parent finds none of the larger nuclei; twelve short epochs teach it about half (0.62 where this was written)
+    assert before["n_true"] == after["n_true"] > 5 and after["f1"] >= before["f1"] + 0.25
+    assert record["registered"] and "registered in" in stardist_finetuned["stdout"]
+    rows = trace_rows(stardist_finetuned["work"] / "results", "ft")
+    assert len(processes(rows, "FINETUNE_TRAIN", "COMPLETED")) == 1
+    assert list((stardist_finetuned["work"] / "root" / "aiod_cache" / "stardist" / "training").glob("fluo_lab-*/checkpoint.npz"))
+
+    manifest = registry.load_registry([lab])["stardist"]
+    version = manifest.versions["fluo_lab"]
+    location = version.tasks["nuclei"].locations[0]
+    weights = Path(location.filepath)  # a StarDist model folder, with thresholds found for the new network
+    assert sorted(os.listdir(weights)) == ["config.json", "thresholds.json", "weights_best.h5"]
+    assert weights.is_relative_to(lab) and location.sha256 == tree_sha256(weights) == record["weights_sha256"]
+    assert version.trained.parent == SD_PARENT and version.trained.parent_sha256 == tree_sha256(lab / f"parent_{SD_PARENT}")
+    assert version.trained.params == {**{k: p.default for k, p in manifest.training.items()}, **STARDIST}
+
+
+def test_a_run_with_the_fine_tuned_stardist_model_fetches_its_folder_and_finds_nuclei(stardist_finetuned):
+    result, entry = segment_c3(stardist_finetuned, "stardist", "fluo_lab")
+    assert result["n_objects"] > 5 and entry["model"]["artifact"]["sha256"] == stardist_finetuned["record"]["weights_sha256"]
+
+
+def test_a_stardist_training_killed_after_an_epoch_resumes_from_its_checkpoint_to_the_same_model(stardist_finetuned,
+                                                                                                tmp_path):
+    lab = lab_without(stardist_finetuned["lab"], tmp_path / "lab", "stardist", "fluo_lab")
+    cmd, env = finetune_command("stardist", "--input", stardist_finetuned["sheet"], "--model", "stardist", "--version",
+                                SD_PARENT, "--name", "fluo_lab", "--registry-dir", lab, "--out", tmp_path / "out",
+                                "--root-dir", tmp_path / "root", "--params", stardist_finetuned["work"] / "training.yaml")
+    training = tmp_path / "root" / "aiod_cache" / "stardist" / "training"
+    run = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not list(training.glob("*/checkpoint.npz")) and run.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    run.kill()  # as the kernel's OOM killer or a node's end would
+    run.wait()
+    with np.load(next(training.glob("*/checkpoint.npz"))) as saved:
+        done = json.loads(str(saved["state"]))["epochs_done"]
+    assert 1 <= done < STARDIST["epochs"] and not (tmp_path / "out").exists()
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"stardist: resuming after epoch {done} of {STARDIST['epochs']}" in proc.stderr  # not from the start
+    resumed, uninterrupted = json.loads((tmp_path / "out" / "finetune.json").read_text()), stardist_finetuned["record"]
+    assert resumed["epochs_done"] == uninterrupted["epochs_done"] == STARDIST["epochs"]
+    # patches, augmentations and batches depend only on the seed and the epoch, Adam's state is in the checkpoint
+    assert resumed["curves"]["train_loss"] == uninterrupted["curves"]["train_loss"]
+    assert resumed["weights_sha256"] == uninterrupted["weights_sha256"]
+    assert resumed["metrics"]["after"]["pooled"]["f1"] >= uninterrupted["metrics"]["after"]["pooled"]["f1"]
 
 
 def test_without_a_split_column_the_split_follows_the_ids():

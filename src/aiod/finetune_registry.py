@@ -1,6 +1,7 @@
 """Writing a fine-tuned version into a lab's registry directory (docs/finetune.md).
 
-The directory gets the weights, `weights/<family>/<name>/model`, and the family's manifest,
+The directory gets the weights, `weights/<family>/<name>/model` (a file, or a model folder such as
+StarDist's, whose sha256 is that of its files as aiod.artifacts computes it), and the family's manifest,
 `manifests/<family>.yaml` (or `<family>.yaml` where the directory keeps its manifests at its top):
 the lab's own manifest of the family when it has one, else a copy of the built-in one (a family
 in a registry directory replaces the built-in family of that name, so the copy keeps every
@@ -21,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from . import registry
+from .artifacts import _tree_sha256 as tree_sha256  # the digest a fetch of the folder checks
 from .errors import ModelError
 from .training import trainer as find_trainer
 
@@ -77,8 +79,12 @@ def register(registry_dir: Path, manifest: registry.Manifest, parent: str, spec:
         folder.mkdir(parents=True)
         written.append(folder)
         stored = folder / "model"
-        shutil.copyfile(weights, stored)
-        sha = _sha256(stored)
+        if Path(weights).is_dir():  # a model folder (StarDist): its sha256 as a fetched folder's
+            shutil.copytree(weights, stored)
+            sha = tree_sha256(stored)
+        else:
+            shutil.copyfile(weights, stored)
+            sha = _sha256(stored)
         raw = yaml.safe_load(source.read_text())
         if name in raw.get("versions", {}):
             raise ModelError(f"{family}/{name} already exists in {source} (nothing registered)")

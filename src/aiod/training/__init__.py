@@ -8,9 +8,13 @@ A family can be fine-tuned when its manifest declares `training` parameters and 
                                     train from the artifact's weights on patches of the `train`
                                     images (aiod.finetune.Item), writing a checkpoint after every
                                     epoch to `folder` and resuming from the last one found there;
-                                    returns {"weights": Path, "epochs_done", "seconds",
+                                    returns {"weights": Path (a file, or a model folder that
+                                    the adapter loads), "epochs_done", "seconds",
                                     "curves": {"epoch", "train_loss", "valid_loss"}}
+    CONFIG_IN_WEIGHTS: tuple[str, ...] (optional) keys of the location's `config` that the saved
+                                    weights make unneeded
 The trainers import their deep-learning library inside their functions, like the adapters.
+Trainers: `cellpose` (cellpose 3's training step), `stardist` (StarDist2D.train, 2D models).
 """
 
 from __future__ import annotations
