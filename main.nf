@@ -204,36 +204,38 @@ workflow {
         .map { key, labels, model, meta, job -> [model, meta, job, labels] }
     MERGE(ch_to_merge, code.MERGE)
 
-    // [model, [id...], [job...], [result...] or []]: results go into the cache and out a batch at a time:
-    // those one SEGMENT task made together, each merged one alone, one PLAN task's cache hits together
+    // [model, [id...], [job...], [result...]]: results go into the cache and out a batch at a time:
+    // those one SEGMENT task made together, each merged one alone (PLAN published the cache hits)
     ch_final = ch_segmented
         .map { model, batch, outs -> [model, outs.findAll { item, out -> item.n == 1 }.collect { item, out -> [item.id, file(batch.jobs[item.job]), out] }] }
         .filter { model, done -> done }
         .map { model, done -> [model] + done.transpose() }
         .mix(MERGE.out.result.map { model, meta, job, result -> [model, [meta.id], [job], [result]] })
-        .mix(ch_planned.filter { model, metas, jobs, batches -> batches.hits }
-            .map { model, metas, jobs, batches -> [model, batches.hits, batches.hits.collect { id -> jobs[id] }, []] })
     FINALIZE(ch_final, code.FINALIZE)
 
-    // [model, record]: every image's record, as published
-    ch_records = FINALIZE.out.records.flatMap { model, ids, records -> asList(records).collect { record -> [model, record] } }
+    // [model, [record...]]: the records of what one task published (FINALIZE, or PLAN for its cache hits)
+    ch_published = FINALIZE.out.records.map { model, ids, records -> [model, asList(records)] }
+        .mix(PLAN.out.records.map { model, records -> [model, asList(records)] })
 
-    // [model, [id...], [ground truth...], [record...]]: the results of one FINALIZE task that have ground truth, scored together
+    // [model, record]: every image's record, as published
+    ch_records = ch_published.flatMap { model, records -> records.collect { record -> [model, record] } }
+
+    // [model, [id...], [ground truth...], [record...]]: the results of one publishing task that have ground truth, scored together
     ch_truth = ch_samples.filter { row -> row.ground_truth }.map { row -> [row.id, row.ground_truth] }.toList().map { pairs -> pairs.collectEntries() }
-    ch_to_score = FINALIZE.out.records
+    ch_to_score = ch_published
         .combine(ch_truth)
-        .map { model, ids, records, gt -> [model, asList(records).findAll { r -> gt[r.baseName] }.collect { r -> [r.baseName, file(gt[r.baseName]), r] }] }
+        .map { model, records, gt -> [model, records.findAll { r -> gt[r.baseName] }.collect { r -> [r.baseName, file(gt[r.baseName]), r] }] }
         .filter { model, scored -> scored }
         .map { model, scored -> [model] + scored.transpose() }
     EVALUATE(ch_to_score, code.EVALUATE)
 
-    // [model, [id...], [[atlas_scale, voxel_size, atlas_offset]...], [atlas...], [record...]]: the results of one FINALIZE task whose
-    // image has an atlas, counted per region together (from the object table cached with each result)
+    // [model, [id...], [[atlas_scale, voxel_size, atlas_offset]...], [atlas...], [record...]]: the results of one publishing task
+    // whose image has an atlas, counted per region together (from the object table cached with each result)
     ch_atlas = ch_samples.filter { row -> row.atlas }.map { row -> [row.id, [row.atlas, row.atlas_scale ?: '', row.voxel_size ?: '', row.atlas_offset ?: '']] }
         .toList().map { pairs -> pairs.collectEntries() }
-    ch_to_count = FINALIZE.out.records
+    ch_to_count = ch_published
         .combine(ch_atlas)
-        .map { model, ids, records, atlas -> [model, asList(records).findAll { r -> atlas[r.baseName] }.collect { r ->
+        .map { model, records, atlas -> [model, records.findAll { r -> atlas[r.baseName] }.collect { r ->
             def a = atlas[r.baseName]
             [r.baseName, [a[1], a[2], a[3]], file(a[0]), r] }] }
         .filter { model, counted -> counted }

@@ -72,5 +72,5 @@ def test_a_run_finding_its_key_claimed_waits_and_publishes_the_holders_result(tm
     assert len(waiting) == 1 and waiting[0].startswith(f"[aiod] key {entry.name[:12]}: waiting for the result that run ")
     assert f"on {socket.gethostname()} (pid {os.getpid()}, since" in waiting[0]
     rows = trace_rows(tmp_path / "second", "second")
-    assert processes(rows, "SEGMENT") == [] and len(processes(rows, "FINALIZE", "COMPLETED")) == 1
+    assert processes(rows, "SEGMENT") == [] and processes(rows, "FINALIZE") == []  # its PLAN published the hit
     assert tree_digest(tmp_path / "second" / "img.ome.zarr") == tree_digest(tmp_path / "first" / "img.ome.zarr")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -118,12 +119,13 @@ def test_resume_reruns_exactly_the_tasks_whose_code_changed_and_never_for_resour
         "RESOLVE_MODEL": {"CACHED"}, "CHECK_INPUT": {"CACHED"}, "PLAN": {"CACHED"}, "SEGMENT": {"CACHED"},
         "MERGE": {"CACHED"}, "FINALIZE": {"CACHED"}, "COMPARE": {"COMPLETED"}}
 
-    shutil.rmtree(tmp_path / "root" / "aiod_cache")  # so that a rerun PLAN has to segment again
-    edit(project_copy / "src" / "aiod" / "steps" / "finalize.py")  # only the publishing step runs it
+    # the publishing code: FINALIZE runs it, and PLAN (which publishes the cache hits); the result is
+    # in the cache, so PLAN runs again, publishes it, and no other task is needed
+    edit(project_copy / "src" / "aiod" / "steps" / "finalize.py")
     run_pipeline(tmp_path, *common, "--trace_report_suffix", "c", project=project_copy, resume=True)
     assert statuses(trace_rows(tmp_path / "results", "c")) == {
-        "RESOLVE_MODEL": {"CACHED"}, "CHECK_INPUT": {"CACHED"}, "PLAN": {"CACHED"}, "SEGMENT": {"CACHED"},
-        "MERGE": {"CACHED"}, "FINALIZE": {"COMPLETED"}, "COMPARE": {"COMPLETED"}}
+        "RESOLVE_MODEL": {"CACHED"}, "CHECK_INPUT": {"CACHED"}, "PLAN": {"COMPLETED"}, "COMPARE": {"COMPLETED"}}
+    assert json.loads((tmp_path / "results" / "big.json").read_text())["cache_hit"] is True
 
     edit(project_copy / "src" / "aiod" / "models" / "classical.py")  # planning and segmenting run it
     run_pipeline(tmp_path, *common, "--trace_report_suffix", "d", project=project_copy, resume=True)

@@ -75,6 +75,21 @@ def test_steps_from_plan_to_cache_and_back(tmp_path, image, model_json, monkeypa
     hit = finalize_step.finalize(job_json=tmp_path / "again.json", result=None, sample_id="img", root_dir=tmp_path / "root", tiff=False)
     assert hit["cache_hit"] is True and hit["cache_entry"] == record["cache_entry"]
 
+    # a batch's PLAN publishes its cache hits itself (no FINALIZE task for them), not its misses
+    tifffile.imwrite(tmp_path / "other.tif", synthetic.render_nuclei(gt, seed=13))
+    (tmp_path / "rows.tsv").write_text(f"img\t{image_path}\t\t\nother\t{tmp_path / 'other.tif'}\t\t\n")
+    assert cli.main(["plan", "--rows", str(tmp_path / "rows.tsv"), "--out-dir", str(tmp_path / "jobs"), "--model", str(model_json),
+                     "--num-substacks", "2", "--overlap", "24", "--root-dir", str(tmp_path / "root"),
+                     "--records", str(tmp_path / "records"), "--outdir", str(tmp_path / "batch_out"), "--tiff"]) == 0
+    assert json.loads((tmp_path / "batches.json").read_text())["hits"] == ["img"]
+    assert sorted(p.name for p in (tmp_path / "records").glob("*.json")) == ["img.json"]
+    published = json.loads((tmp_path / "batch_out" / "img.json").read_text())
+    assert published == json.loads((tmp_path / "records" / "img.json").read_text())
+    assert published["cache_hit"] is True and published["cache_entry"] == record["cache_entry"]
+    assert set(published["published"]) == {".ome.zarr", ".tif", ".objects.parquet", ".objects.csv"}
+    np.testing.assert_array_equal(np.asarray(ngff.open_labels(tmp_path / "batch_out" / "img.ome.zarr")[...]), mask)
+    assert sorted(p.name for p in (tmp_path / "batch_out").iterdir() if p.name.startswith("other")) == []
+
 
 def test_a_copy_of_the_image_elsewhere_has_the_same_key(tmp_path, image, model_json):
     image_path, _ = image

@@ -139,7 +139,9 @@ def _plan(a):
                   claim_poll_seconds=a.claim_poll_seconds)
     if a.rows:
         rows = _tsv(a.rows, ("id", "image", "axes", "channel"))
-        plan_batch(rows=rows, out_dir=Path(a.out_dir or "jobs"), batch=a.batch, name=a.name, **common)
+        publish = dict(records=Path(a.records), tiff=a.tiff, outdir=Path(a.outdir) if a.outdir else None,
+                       publish_mode=a.publish_mode) if a.records else None
+        plan_batch(rows=rows, out_dir=Path(a.out_dir or "jobs"), batch=a.batch, name=a.name, publish=publish, **common)
     elif a.id and a.image and a.out:
         job = plan(image_path=Path(a.image), sample_id=a.id, axes=a.axes, channel=a.channel, out=Path(a.out), **common)
         Path(a.out).with_suffix(".status").write_text(f"{'hit' if job['cache_hit'] else 'miss'} {len(job['plan']['substacks'])}\n")
@@ -342,6 +344,10 @@ def parser() -> argparse.ArgumentParser:
                    help="a run that claimed the key and gave no sign of life for this long is taken over")
     s.add_argument("--claim-poll-seconds", type=float, default=5.0, help="how often to look while waiting for another run")
     s.add_argument("--out")
+    s.add_argument("--records", help="with --rows: publish the cache hits as `finalize` does, their records here (<id>.json)")
+    s.add_argument("--tiff", action="store_true", help="with --records: as finalize --tiff")
+    s.add_argument("--outdir", help="with --records: as finalize --outdir")
+    s.add_argument("--publish-mode", default="copy", help="with --records: as finalize --publish-mode")
     s.set_defaults(func=_plan)
 
     s = sub.add_parser("segment", help="segment one substack, or a batch of them with the model loaded once")

@@ -10,6 +10,7 @@ process PLAN {
 
     output:
     tuple val(model), val(metas), path('jobs/*.json'), path('batches.json'), emit: plan
+    tuple val(model), path('records/*.json'), emit: records, optional: true   // the cache hits, published here (ext.args --records)
 
     script:
     def args = task.ext.args ?: ''
@@ -19,7 +20,7 @@ process PLAN {
     cat > rows.tsv <<'AIOD_ROWS'
 ${rows.join('\n')}
 AIOD_ROWS
-    rm -rf jobs batches.json    # a folder -resume reuses may hold a killed attempt's part
+    rm -rf jobs batches.json records    # a folder -resume reuses may hold a killed attempt's part
     export AIOD_FAMILY=${model.family}
     aiod plan --rows rows.tsv --out-dir jobs --name p${batch} --model ${spec} ${args}
     """

@@ -154,10 +154,15 @@ def plan_for(image, spec: dict, num_substacks: str, overlap: str, substack_memor
     return substack_plan(image, model, num_substacks, overlap, substack_memory)[0]
 
 
-def plan_batch(*, rows: list[dict], out_dir: Path, batch: str = "auto", name: str = "", **common) -> dict:
+def plan_batch(*, rows: list[dict], out_dir: Path, batch: str = "auto", name: str = "", publish: dict | None = None,
+               **common) -> dict:
     """Plan every image of `rows` ({id, image, axes, channel}) into `out_dir/<id>.json`, and group
     the substacks of those not in the cache into SEGMENT tasks (aiod.batches). Writes and returns
-    `out_dir/../batches.json`: {"hits": [id...], "n_substacks": {id: n}, "segment": [...]}."""
+    `out_dir/../batches.json`: {"hits": [id...], "n_substacks": {id: n}, "segment": [...]}.
+
+    publish: {records, outdir, tiff, publish_mode}: the cache hits are published now, as
+    FINALIZE publishes a result (aiod.steps.finalize), their records into `records/<id>.json`:
+    a rerun of cached results needs no task after its PLAN tasks."""
     rule = batches.parse_batch(batch)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -179,6 +184,14 @@ def plan_batch(*, rows: list[dict], out_dir: Path, batch: str = "auto", name: st
     (out_dir.parent / "batches.json").write_text(json.dumps(summary, indent=2))
     log(f"{len(rows)} image(s): {len(hits)} in the cache, {sum(len(b['items']) for b in summary['segment'])} substack(s) "
         f"to segment in {len(summary['segment'])} task(s)")
+    if publish is not None:
+        from .finalize import finalize_batch
+
+        records = Path(publish["records"])
+        records.mkdir(parents=True, exist_ok=True)
+        finalize_batch([(i, out_dir / f"{i}.json", None) for i in hits], workdir=records, root_dir=common["root_dir"],
+                       tiff=publish.get("tiff", False), outdir=publish.get("outdir"),
+                       publish_mode=publish.get("publish_mode", "copy"))
     return summary
 
 
