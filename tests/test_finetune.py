@@ -28,7 +28,7 @@ import tifffile
 import yaml
 
 from aiod import catalogue, cli, registry
-from aiod.artifacts import _tree_sha256 as tree_sha256
+from aiod.artifacts import tree_sha256
 from aiod.planner import Plan
 from aiod.steps.plan import result_key
 from family_envs import env_python, nuclei_data, trained_artifact  # noqa: F401 - fixtures

@@ -121,7 +121,7 @@ def _build(entry: Path, loc: dict, *, attempts: int, backoff: float, timeout: fl
         if source is not None and source.is_dir():
             filename = source.name
             _copy_tree(source, staging / filename)
-            digest = _tree_sha256(staging / filename)
+            digest = tree_sha256(staging / filename)
         else:
             if source is None:
                 _download(loc["url"], partial, attempts=attempts, backoff=backoff, timeout=timeout)
@@ -225,7 +225,7 @@ def _copy_tree(source: Path, target: Path) -> None:
         raise FetchError(f"cannot read the directory: {exc}") from None
 
 
-def _tree_sha256(folder: Path) -> str:
+def tree_sha256(folder: Path) -> str:
     """A directory's sha256: of the lines '<relative path> <sha256 of the file>' of its files, sorted."""
     lines = sorted(f"{p.relative_to(folder).as_posix()} {_sha256(p)}\n" for p in folder.rglob("*") if p.is_file())
     return hashlib.sha256("".join(lines).encode()).hexdigest()

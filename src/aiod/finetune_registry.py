@@ -22,7 +22,7 @@ from pathlib import Path
 import yaml
 
 from . import registry
-from .artifacts import _tree_sha256 as tree_sha256  # the digest a fetch of the folder checks
+from .artifacts import tree_sha256  # the digest a fetch of the folder checks
 from .errors import ModelError
 from .training import trainer as find_trainer
 
