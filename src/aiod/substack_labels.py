@@ -159,7 +159,9 @@ def write_substack_labels(path, labels: np.ndarray, index: int, attrs: dict | No
         meta.update(core_labels=m, box=[list(r) for r in sub.box], spatial_shape=list(plan.spatial_shape),
                     grid=list(plan.grid), overlap=list(plan.overlap),
                     shared_offsets=_write_shared(group, plan, index, renumbered))
-    group.attrs.update({**(attrs or {}), **meta})
+    # one write of the group's zarr.json: attrs.update rewrites it once per key (19 times,
+    # 15 ms of each small field's 66 ms in a batch of many)
+    group.update_attributes({**(attrs or {}), **meta})
     return n
 
 
