@@ -1,73 +1,16 @@
 """`aiod`: the command line of the package. Each subcommand parses its arguments and calls one
-function; errors a person can fix print one line, `AIOD ERROR: <message>`, and exit 65 (a full
-disk or quota too: diskspace.py)."""
+function (the pipeline's steps: cli_steps.py); errors a person can fix print one line,
+`AIOD ERROR: <message>`, and exit 65 (a full disk or quota too: diskspace.py)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-import yaml
-
+from . import cli_steps as steps
 from . import diskspace
-from .errors import EXIT_CODE, AiodError, ModelError
-
-
-def _resolve_model(a):
-    from .model_list import read_entries, resolve_entries
-    if a.models:
-        if a.model or a.version or a.task or a.params:
-            raise ModelError("--models names every model with its version, task and parameters: use it without "
-                             "--model, --model_version, --task and --model_params")
-        entries = read_entries(a.models, a.models_source)
-        source = f"--models {a.models_source or a.models}" if a.models.strip().lower().endswith((".yaml", ".yml", ".json")) else "--models"
-    elif a.model:
-        entries = [{"model": a.model, "version": a.version or None, "task": a.task or None, "label": None,
-                    "params": _read_overrides(a.params, a.params_source) if a.params else {}}]
-        source = a.params_source or a.params or "model_params"
-    else:
-        raise ModelError("no model: give --model (one) or --models (several)")
-    specs = resolve_entries(entries, a.registry_dir, source=source)
-    if a.out:
-        if len(specs) > 1:
-            raise ModelError("--out takes one model; use --out-dir for several")
-        _write_spec(specs[0], Path(a.out))
-    else:
-        out = Path(a.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for k, spec in enumerate(specs):
-            spec["index"] = k
-            spec["subdir"] = spec["label"] if len(specs) > 1 else ""  # several models: <outdir>/<label>/
-            _write_spec(spec, out / f"{k}.json")
-
-
-def _read_overrides(path: str, source: str | None) -> dict:
-    try:
-        overrides = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ModelError(f"{source or path}: cannot read model parameters ({exc.__class__.__name__}: {exc})".replace("\n", " ")) from None
-    if not isinstance(overrides, dict):
-        raise ModelError(f"{source or path}: expected a mapping of parameter names to values, e.g. 'min_size: 50'")
-    return overrides
-
-
-def _write_spec(spec: dict, out: Path) -> None:
-    out.write_text(json.dumps(spec, indent=2))
-    out.with_suffix(".status").write_text(f"{len(spec['locations'])}\n")
-    print(f"{spec['label']}: {spec['family']}/{spec['version']}/{spec['task']}, {len(spec['locations'])} artifact location(s)")
-
-
-def _fetch(a):
-    from .artifacts import fetch
-    from .cache import share_with_group
-    share_with_group(a.root_dir)
-    spec = json.loads(Path(a.model).read_text())
-    spec["artifact"] = fetch(spec, Path(a.root_dir), attempts=a.attempts, backoff=a.backoff) if spec["locations"] else None
-    Path(a.out).write_text(json.dumps(spec, indent=2))
-    if spec["artifact"]:
-        print(f"{spec['family']}/{spec['version']}: {spec['artifact']['path']} (sha256 {spec['artifact']['sha256']})")
+from .errors import EXIT_CODE, AiodError
 
 
 def _sources(a):
@@ -110,77 +53,6 @@ def _models(a):
                 print(catalogue.show(manifest, version or None))
 
 
-def _check_input(a):
-    from . import samplesheet
-    # Read at the user's own path (the staged copy only makes the task rerun when it changes):
-    # messages name that path, and relative image paths start from its folder.
-    samples = samplesheet.read_samplesheet(Path(a.source or a.samplesheet))
-    if a.outdir:
-        from .publish import check_targets
-        from .publish import check_run_files
-        rows = samplesheet.inputs_by_row(samples)
-        for subdir in dict.fromkeys((a.subdirs or "").split(",")):  # '': --outdir itself (one model)
-            check_targets(rows, Path(a.outdir).absolute() / subdir, Path(a.root_dir).absolute() if a.root_dir else None)
-        check_run_files(Path(a.outdir).absolute(), rows)
-    if a.regions:
-        from .regions import read_hierarchy
-        read_hierarchy(Path(a.regions))  # its columns, ids and parents, before any work
-    checked = samplesheet.check_samples(samples, open_images=not a.no_open)
-    samplesheet.write_checked(checked, Path(a.out))
-    print(f"[aiod] {a.samplesheet}: {len(checked)} image(s) checked")
-
-
-def _plan(a):
-    from .errors import InputError
-    from .steps.plan import plan, plan_batch
-    common = dict(model_json=Path(a.model), num_substacks=a.num_substacks, overlap=a.overlap,
-                  substack_memory=a.substack_memory, root_dir=Path(a.root_dir), fingerprint_mode=a.fingerprint,
-                  verify_cache=a.verify_cache, claim_stale_seconds=a.claim_stale_seconds,
-                  claim_poll_seconds=a.claim_poll_seconds)
-    if a.rows:
-        rows = _tsv(a.rows, ("id", "image", "axes", "channel"))
-        publish = dict(records=Path(a.records), tiff=a.tiff, outdir=Path(a.outdir) if a.outdir else None,
-                       publish_mode=a.publish_mode) if a.records else None
-        plan_batch(rows=rows, out_dir=Path(a.out_dir or "jobs"), batch=a.batch, name=a.name, publish=publish, **common)
-    elif a.id and a.image and a.out:
-        job = plan(image_path=Path(a.image), sample_id=a.id, axes=a.axes, channel=a.channel, out=Path(a.out), **common)
-        Path(a.out).with_suffix(".status").write_text(f"{'hit' if job['cache_hit'] else 'miss'} {len(job['plan']['substacks'])}\n")
-    else:
-        raise InputError("aiod plan: give --id, --image and --out for one image, or --rows for a batch")
-
-
-def _tsv(path, columns: tuple[str, ...]) -> list[dict]:
-    """Rows of a tab-separated file the pipeline writes (no header; empty cells are '')."""
-    lines = [line.split("\t") for line in Path(path).read_text().splitlines() if line.strip()]
-    return [dict(zip(columns, cells + [""] * (len(columns) - len(cells)))) for cells in lines]
-
-
-def _segment(a):
-    from .steps.segment import segment, segment_batch
-    if a.items:
-        segment_batch([(Path(r["job"]), Path(r["image"]), int(r["index"]), Path(r["out"]))
-                       for r in _tsv(a.items, ("job", "image", "index", "out"))])
-    else:
-        segment(job_json=Path(a.plan), image_path=Path(a.image), index=a.index, out=Path(a.out))
-
-
-def _merge(a):
-    from .steps.merge import merge_result
-    merge_result(job_json=Path(a.plan), substacks=[Path(p) for p in a.substacks], out=Path(a.out))
-
-
-def _finalize(a):
-    from .steps.finalize import finalize, finalize_batch
-    common = dict(root_dir=Path(a.root_dir), tiff=a.tiff, outdir=Path(a.outdir) if a.outdir else None,
-                  publish_mode=a.publish_mode)
-    if a.items:
-        Path(a.records).mkdir(parents=True, exist_ok=True)
-        finalize_batch([(r["id"], Path(r["job"]), Path(r["result"]) if r["result"] else None)
-                        for r in _tsv(a.items, ("id", "job", "result"))], workdir=Path(a.records), **common)
-    else:
-        finalize(job_json=Path(a.plan), result=Path(a.result) if a.result else None, sample_id=a.id, **common)
-
-
 def _cache(a):
     from . import cache_tools
     root = Path(a.root_dir).expanduser()
@@ -209,71 +81,6 @@ def _evaluate(a):
     evaluate.report(Path(a.results), Path(a.samplesheet))
 
 
-def _score(a):
-    """EVALUATE: each (label, id, ground truth, record) row of --items scored into <out>/<k>.json:
-    the result the record names, read from its cache entry."""
-    from . import evaluate
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for k, line in enumerate(Path(a.items).read_text().splitlines()):
-        label, sample_id, gt, record = line.split("\t")
-        entry = Path(json.loads(Path(record).read_text())["cache_entry"])
-        scores = evaluate.score(Path(gt), entry / "labels.ome.zarr")
-        (out / f"{k}.json").write_text(json.dumps({"label": label, "id": sample_id, **scores}))
-        half = scores["matches"][0]
-        print(f"{label} {sample_id}: F1@0.5 {half['f1']:.3f} ({half['tp']} matched, {half['fp']} false, {half['fn']} missed)")
-
-
-def _count_step(a):
-    """COUNT: each (id, record, atlas, atlas_scale, voxel_size, atlas_offset) row of --items counted
-    per region into <outdir>/<id>.regions.parquet/.csv, from the object table its cache entry holds
-    (made here, from the mask and the image, for an entry cached before results carried one). The
-    atlas is placed by atlas_offset, else by its NGFF translation and the input image's."""
-    from . import measure, publish, regions, tables
-    outdir = Path(a.outdir)
-    for line in Path(a.items).read_text().splitlines():
-        sample_id, record_path, atlas, atlas_scale, voxel_size, atlas_offset = line.split("\t")
-        record = json.loads(Path(record_path).read_text())
-        objects = Path(record["cache_entry"]) / "objects.parquet"
-        if not objects.is_file():
-            table = measure.measure_result(Path(record["cache_entry"]) / "labels.ome.zarr", record["image"])
-            objects = tables.write_tables(table, Path(f"{sample_id}.objects"))[0]
-        table = regions.count_regions(objects, Path(atlas), atlas_scale=atlas_scale or None, voxel_size=voxel_size or None,
-                                      atlas_offset=atlas_offset or None, regions=Path(a.regions) if a.regions else None,
-                                      image=record["image"])
-        publish.check_region_tables(outdir, sample_id)
-        parquet, csv_path = tables.write_tables(table, outdir / f"{sample_id}.regions", inputs=(atlas, record["image"]))
-        c = table.columns
-        print(f"{sample_id}: {table.meta['n_objects']} objects in {int((c['objects_self'][2:] > 0).sum())} region(s), "
-              f"{int(c['objects'][1])} on background, {int(c['objects'][0])} outside the atlas -> {csv_path}")
-
-
-def _compare(a):
-    from . import compare, report
-    from .errors import InputError
-    if a.results:
-        out_dir = Path(a.results)
-        comparison = compare.compare_results(out_dir, Path(a.samplesheet) if a.samplesheet else None, a.rank_by)
-    else:
-        if not a.outdir:
-            raise InputError("aiod compare: give --results DIR (a published outdir), or --records with --outdir")
-        records = [json.loads(Path(p).read_text()) for p in a.records]
-        scores = {}
-        for p in a.scores:
-            s = json.loads(Path(p).read_text())
-            scores[(s.pop("label"), s.pop("id"))] = s
-        comparison = compare.compare(records, scores, a.rank_by)
-        out_dir = Path(a.outdir)
-    text = compare.table_text(comparison)
-    written = compare.write(out_dir, comparison)
-    run = json.loads(Path(a.run_info).read_text()) if a.run_info else None
-    written.append(report.write_report(out_dir, samplesheet=Path(a.samplesheet) if a.samplesheet else None, run=run))
-    text += f"\n  written to {out_dir}: " + ", ".join(p.name for p in written)
-    if a.text:
-        Path(a.text).write_text(text + "\n")
-    print(text)
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aiod", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -290,7 +97,7 @@ def parser() -> argparse.ArgumentParser:
     out = s.add_mutually_exclusive_group(required=True)
     out.add_argument("--out", help="the resolved spec of the one model")
     out.add_argument("--out-dir", help="a folder: <k>.json for the k-th model (from 0)")
-    s.set_defaults(func=_resolve_model)
+    s.set_defaults(func=steps.cmd_resolve_model)
 
     s = sub.add_parser("fetch", help="fetch a resolved model's artifact into the cache (once), write the spec with it")
     s.add_argument("--model", required=True, help="model.json from resolve-model")
@@ -298,7 +105,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--attempts", type=int, default=5, help="tries per URL (network errors, HTTP 408/429/5xx)")
     s.add_argument("--backoff", type=float, default=2.0, help="seconds before the first retry, doubled each time")
     s.add_argument("--out", required=True)
-    s.set_defaults(func=_fetch)
+    s.set_defaults(func=steps.cmd_fetch)
 
     s = sub.add_parser("sources", help="which Python files each pipeline step runs (src/aiod/step_sources.json)")
     s.add_argument("--write", action="store_true", help="write the committed map instead of printing it")
@@ -321,7 +128,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--subdirs", default="", help="comma-separated folders under --outdir that models publish in ('': --outdir)")
     s.add_argument("--root-dir", help="the cache's root: refused inside an input")
     s.add_argument("--out", required=True)
-    s.set_defaults(func=_check_input)
+    s.set_defaults(func=steps.cmd_check_input)
 
     s = sub.add_parser("plan", help="identify images, look them up in the cache, plan their substacks")
     s.add_argument("--id", help="one image: its id (with --image and --out)")
@@ -348,7 +155,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tiff", action="store_true", help="with --records: as finalize --tiff")
     s.add_argument("--outdir", help="with --records: as finalize --outdir")
     s.add_argument("--publish-mode", default="copy", help="with --records: as finalize --publish-mode")
-    s.set_defaults(func=_plan)
+    s.set_defaults(func=steps.cmd_plan)
 
     s = sub.add_parser("segment", help="segment one substack, or a batch of them with the model loaded once")
     s.add_argument("--items", help="a batch: a TSV of job file, image, substack index, out (no header)")
@@ -356,13 +163,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--image")
     s.add_argument("--index", type=int)
     s.add_argument("--out")
-    s.set_defaults(func=_segment)
+    s.set_defaults(func=steps.cmd_segment)
 
     s = sub.add_parser("merge", help="merge substack labels into one OME-Zarr mask (docs/merge.md)")
     s.add_argument("--plan", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("substacks", nargs="+")
-    s.set_defaults(func=_merge)
+    s.set_defaults(func=steps.cmd_merge)
 
     s = sub.add_parser("finalize", help="move results into the cache, or fetch them from there, and publish them")
     s.add_argument("--items", help="a batch: a TSV of id, job file, result folder or empty for a cache hit (no header)")
@@ -374,7 +181,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tiff", action="store_true")
     s.add_argument("--outdir", help="publish the result here (docs/output.md); without it, only the task folder gets it")
     s.add_argument("--publish-mode", default="copy", help="copy, copyNoFollow, symlink or link")
-    s.set_defaults(func=_finalize)
+    s.set_defaults(func=steps.cmd_finalize)
 
     s = sub.add_parser("cache", help="list, inspect, verify or clear the shared cache under a root_dir (docs/cache.md)")
     actions = s.add_subparsers(dest="action", required=True)
@@ -444,13 +251,13 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="score masks against their ground truth, one JSON per image (the pipeline's EVALUATE)")
     s.add_argument("--items", required=True, help="TSV: model label, id, ground truth, the result's record")
     s.add_argument("--out", required=True, help="folder: <k>.json for row k")
-    s.set_defaults(func=_score)
+    s.set_defaults(func=steps.cmd_score)
 
     s = sub.add_parser("count-results", help="count each result's objects per atlas region (the pipeline's COUNT)")
     s.add_argument("--items", required=True, help="TSV: id, the result's record, atlas, atlas_scale, voxel_size, atlas_offset")
     s.add_argument("--outdir", required=True, help="where <id>.regions.parquet/.csv go")
     s.add_argument("--regions", help="the regions' hierarchy (CSV: id, name, acronym, parent_id)")
-    s.set_defaults(func=_count_step)
+    s.set_defaults(func=steps.cmd_count_step)
 
     s = sub.add_parser("compare", help="one table of a run's models (docs/compare.md), its scores and the HTML report")
     s.add_argument("--results", help="a published outdir: compare every result published there, and write into it")
@@ -461,7 +268,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--outdir", help="(pipeline) where the tables and the report go")
     s.add_argument("--run-info", help="JSON: the command, Nextflow and pipeline versions, for the report")
     s.add_argument("--text", help="also write the table printed to this file")
-    s.set_defaults(func=_compare)
+    s.set_defaults(func=steps.cmd_compare)
 
     s = sub.add_parser("evaluate", help="score published masks against the samplesheet's ground truth")
     s.add_argument("--results", required=True)

@@ -18,7 +18,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent
 MAP_FILE = PACKAGE / "step_sources.json"
 
-# process -> entry modules (package-relative) of the step it runs; cli.py is every step's door
+# process -> entry modules (package-relative) of the step it runs; cli.py and cli_steps.py are
+# every step's door
 STEPS: dict[str, list[str]] = {
     "RESOLVE_MODEL": ["models/__init__.py", "model_list.py"],
     "FETCH_ARTIFACTS": ["artifacts.py"],
@@ -33,9 +34,10 @@ STEPS: dict[str, list[str]] = {
     "FINETUNE_CHECK": ["finetune.py", "training/*.py"],
     "FINETUNE_TRAIN": ["finetune.py", "training/*.py", "models/*.py"],
 }
-# Every step's door: the command line (its imports are per subcommand, inside functions, so it
-# is listed as a file but not followed) and what it imports at module level.
-COMMON = ["__init__.py", "cli.py", "diskspace.py", "errors.py"]
+# Every step's door: the command line and its steps' handlers (their imports are per subcommand,
+# inside functions, so they are listed as files but not followed) and what they import at module
+# level.
+COMMON = ["__init__.py", "cli.py", "cli_steps.py", "diskspace.py", "errors.py"]
 
 
 def step_sources() -> dict[str, list[str]]:
