@@ -71,9 +71,11 @@ def _ome(node) -> dict:
 
 
 def _root_group(root: Path):
-    group = zarr.open_group(store=str(root), mode="a", zarr_format=3)
+    """The result's root group: made with its attributes in one write, or opened as it is (and
+    given the NGFF version if it has none)."""
+    group = zarr.open_group(store=str(root), mode="a", zarr_format=3, attributes={"ome": {"version": NGFF_VERSION}})
     if "version" not in _ome(group):
-        group.attrs["ome"] = {**_ome(group), "version": NGFF_VERSION}
+        group.update_attributes({"ome": {**_ome(group), "version": NGFF_VERSION}})
     return group
 
 
@@ -91,20 +93,25 @@ def create_labels(root: Path, name: str, shape, axes: str, dtype, chunks=None,
     scale = tuple(float(s) for s in scale) if scale is not None else (1.0,) * len(axes)
     if len(scale) != len(axes):
         raise ValueError(f"scale {scale} does not match axes {axes!r}")
+    # each group made with its attributes (one metadata write each): a batch of small fields
+    # creates thousands of these
     group = _root_group(root)
-    labels = group.require_group("labels")
-    names = list(_ome(labels).get("labels", []))
-    labels.attrs["ome"] = {"version": NGFF_VERSION,
-                           "labels": names + ([name] if name not in names else [])}
-    image = labels.create_group(name, overwrite=True)
+    if "labels" in group:
+        labels = group["labels"]
+        names = list(_ome(labels).get("labels", []))
+        if name not in names or _ome(labels).get("version") != NGFF_VERSION:
+            labels.update_attributes({"ome": {**_ome(labels), "version": NGFF_VERSION,
+                                              "labels": names + ([name] if name not in names else [])}})
+    else:
+        labels = group.create_group("labels", attributes={"ome": {"version": NGFF_VERSION, "labels": [name]}})
     image_label = {"version": NGFF_VERSION}
     if "multiscales" in _ome(group):
         image_label["source"] = {"image": "../../"}
-    image.attrs["ome"] = {
+    image = labels.create_group(name, overwrite=True, attributes={"ome": {
         "version": NGFF_VERSION,
         "multiscales": [_multiscales(name, axes, [scale])],
         "image-label": image_label,
-    }
+    }})
     return image.create_array("0", shape=shape, chunks=_chunks(shape, chunks), dtype=dtype,
                               compressors=ZstdCodec(level=3), fill_value=0,
                               dimension_names=list(axes.lower()))
