@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from aiod import cli, metrics, ngff, synthetic
+from aiod import cli, metrics, ngff, planner, substack_labels, synthetic
 from aiod.steps import finalize as finalize_step, merge as merge_step, plan as plan_step, segment as segment_step
 from aiod.models import classical
 from aiod.errors import EXIT_CODE, PlanError
@@ -89,6 +89,34 @@ def test_steps_from_plan_to_cache_and_back(tmp_path, image, model_json, monkeypa
     assert set(published["published"]) == {".ome.zarr", ".tif", ".objects.parquet", ".objects.csv"}
     np.testing.assert_array_equal(np.asarray(ngff.open_labels(tmp_path / "batch_out" / "img.ome.zarr")[...]), mask)
     assert sorted(p.name for p in (tmp_path / "batch_out").iterdir() if p.name.startswith("other")) == []
+
+
+def test_an_image_in_one_substack_is_written_by_segment_as_merge_would(tmp_path, image, model_json):
+    """SEGMENT writes a one-substack image's result itself; it is the result MERGE makes from
+    that substack's label file: labels, pyramid, object table and manifest (bar timings)."""
+    import pyarrow.parquet as pq
+    import zarr
+
+    image_path, gt = image
+    job = plan(tmp_path, image_path, model_json, num_substacks="1")
+    segment_step.segment(job_json=tmp_path / "plan.json", image_path=image_path, index=0, out=tmp_path / "direct")
+    direct = json.loads((tmp_path / "direct" / "manifest.json").read_text())
+    assert direct["n_objects"] == len(np.unique(gt)) - 1 and sorted(direct["timings"]["substacks"]) == ["0"]
+    # labels as a model may give them: ids with gaps, out of order, a large one
+    odd = np.where(gt > 0, (gt * 7919) % 100_003 + 3, 0).astype(np.int64)
+    odd[gt == gt.max()] = 2**40
+    merge_step.write_whole(job, odd, tmp_path / "whole", {})
+    substack_labels.write_substack_labels(tmp_path / "s0.zarr", odd, 0, plan=planner.Plan.from_dict(job["plan"]))
+    merge_step.write_result(job, [tmp_path / "s0.zarr"], tmp_path / "merged")
+    a, b = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("whole", "merged"))
+    for m in (a, b):
+        del m["created"], m["timings"]
+    assert a == b and a["n_objects"] == len(np.unique(gt)) - 1 and a["labels"]["dtype"] == "uint32"
+    for level in range(a["labels"]["levels"]):
+        x, y = (zarr.open_array(str(tmp_path / d / a["labels"]["path"] / str(level)), mode="r") for d in ("whole", "merged"))
+        assert x.chunks == y.chunks
+        np.testing.assert_array_equal(x[...], y[...])
+    assert pq.read_table(tmp_path / "whole" / "objects.parquet").equals(pq.read_table(tmp_path / "merged" / "objects.parquet"))
 
 
 def test_a_copy_of_the_image_elsewhere_has_the_same_key(tmp_path, image, model_json):

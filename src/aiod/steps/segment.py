@@ -2,14 +2,14 @@
 
 A SEGMENT task takes a batch of substacks, from one image or many (aiod.batches), and loads the
 model once for all of them. An image planned as one substack needs no merge: its labels become
-the result here, renumbered and written as OME-Zarr, exactly as MERGE writes it."""
+the result here, renumbered and written as OME-Zarr by MERGE's writer (steps.merge.write_whole),
+with no label file in between."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import resource
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,7 +18,7 @@ from .. import claims, diskspace, imageio, planner, substack_labels
 from ..models import get_adapter, params_namespace
 from ..models.runtime import device_in_use, keep_libraries_out_of_home
 from . import artifact_path, log
-from .merge import write_result
+from .merge import write_whole
 
 
 def segment(*, job_json: Path, image_path: Path, index: int, out: Path) -> None:
@@ -57,7 +57,6 @@ def _segment(job: dict, image_path: Path, index: int, out: Path, net, load_s: fl
     adapter, params = get_adapter(model["adapter"]), params_namespace(model)
     the_plan = planner.Plan.from_dict(job["plan"])
     sub = the_plan.substacks[index]
-    alone = len(the_plan.substacks) == 1
     log(f"{job['id']} substack {index}: box {sub.box}, {model['family']}/{model['version']}")
     started = time.time()
     # the resolved path: a task sees a staged link, messages name the user's file
@@ -68,16 +67,14 @@ def _segment(job: dict, image_path: Path, index: int, out: Path, net, load_s: fl
                                       origin=tuple(a for a, _ in sub.box))
     del array
     seg_s = time.time() - started - read_s
-    target = out.with_name(f".{out.name}.substack") if alone else out
-    diskspace.expect(target, labels.nbytes)  # at most: the labels before compression
-    n_objects = substack_labels.write_substack_labels(
-        target, labels, index, attrs={"load_seconds": load_s, "read_seconds": read_s, "segment_seconds": seg_s,
-                                      # the task's peak so far (Linux counts KiB), where it ran, in which environment
-                                      "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                                      "device": device_in_use(), "python": sys.prefix},
-        plan=the_plan)
-    del labels
-    log(f"{job['id']} substack {index}: {n_objects} objects, read {read_s:.1f} s, segment {seg_s:.1f} s")
-    if alone:  # the whole image in one box: write the result here, no MERGE task
-        write_result(job, [target], out)
-        shutil.rmtree(target)
+    record = {"load_seconds": load_s, "read_seconds": read_s, "segment_seconds": seg_s,
+              # the task's peak so far (Linux counts KiB), where it ran, in which environment
+              "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+              "device": device_in_use(), "python": sys.prefix}
+    diskspace.expect(out, labels.nbytes)  # at most: the labels before compression
+    log(f"{job['id']} substack {index}: read {read_s:.1f} s, segment {seg_s:.1f} s")
+    if len(the_plan.substacks) == 1:  # the whole image in one box: its result is written here, no MERGE task
+        write_whole(job, labels, out, record)
+        return
+    n_objects = substack_labels.write_substack_labels(out, labels, index, attrs=record, plan=the_plan)
+    log(f"{job['id']} substack {index}: {n_objects} objects")
