@@ -23,7 +23,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 browser:
 	@command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
 
-# Xvfb and the X libraries PyQt5's xcb platform needs, for tests/test_napari.py's screenshot of
+# Xvfb and the X libraries PyQt5's xcb platform needs, for tests/test_napari_run.py's screenshot of
 # napari's window (its OpenGL canvas does not start on Qt's offscreen platform).
 XVFB_PACKAGES := xvfb xauth libgl1 libgl1-mesa-dri libegl1 libfontconfig1 libdbus-1-3 libx11-xcb1 \
                  libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \

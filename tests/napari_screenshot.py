@@ -1,7 +1,7 @@
 """Save a screenshot of napari's window with the AIoD dock widget, a published mask over its image
 and the substack plan of the image.
 
-tests/test_napari.py runs this under Xvfb in a process of its own: its other tests run Qt's
+tests/test_napari_run.py runs this under Xvfb in a process of its own: its other tests run Qt's
 offscreen platform, on which napari's OpenGL canvas cannot start, and a Qt application keeps the
 platform it started with. Usage: napari_screenshot.py RESULT.ome.zarr IMAGE ROOT_DIR OUT.png;
 writes OUT.png (the window) and OUT-canvas.png (napari's canvas alone).

@@ -14,16 +14,14 @@ import time
 import uuid
 from pathlib import Path
 
-from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
-                            QLabel, QLineEdit, QListWidget, QPlainTextEdit, QProgressBar, QPushButton,
-                            QTabWidget, QVBoxLayout, QWidget)
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QFileDialog, QTabWidget, QVBoxLayout, QWidget
 
 from . import command, settings
 from .cache_panel import CachePanel
-from .params_form import ParamsForm
 from .scores import ScoresTable
-from .project import nextflow, pipeline_defaults, profiles, use_aiod
+from .project import nextflow, use_aiod
+from .run_tab import setup_run_tab
 
 LAYER_PREFIX = "layer: "
 
@@ -50,7 +48,7 @@ class AiodWidget(QWidget):
         self.models: list[dict] = []  # the models to compare: {model, version, task, params}; empty: the form's
 
         tabs = QTabWidget()
-        tabs.addTab(self._run_tab(), "Run")
+        tabs.addTab(setup_run_tab(self), "Run")
         self.cache_panel = CachePanel(self.viewer, lambda: self.root_dir.text())
         tabs.addTab(self.cache_panel, "Cache")
         self.scores = ScoresTable()
@@ -60,128 +58,7 @@ class AiodWidget(QWidget):
         layout.addWidget(tabs)
         self.set_model(next(iter(self.visible)))
 
-    # ---- the form ------------------------------------------------------------------------------
-
-    def _run_tab(self) -> QWidget:
-        page = QWidget()
-        col = QVBoxLayout(page)
-
-        box = QGroupBox("Images")
-        v = QVBoxLayout(box)
-        self.image_list = QListWidget()
-        v.addWidget(self.image_list)
-        row = QHBoxLayout()
-        self.add_files_button = QPushButton("Add files…")
-        self.add_files_button.clicked.connect(self._browse_images)
-        self.layer_choice = QComboBox()
-        self.add_layer_button = QPushButton("Add layer")
-        self.add_layer_button.clicked.connect(self._add_chosen_layer)
-        self.remove_button = QPushButton("Remove")
-        self.remove_button.clicked.connect(self._remove_images)
-        for w in (self.add_files_button, self.layer_choice, self.add_layer_button, self.remove_button):
-            row.addWidget(w)
-        v.addLayout(row)
-        col.addWidget(box)
-        self.viewer.layers.events.inserted.connect(self._refresh_layer_choice)
-        self.viewer.layers.events.removed.connect(self._refresh_layer_choice)
-        self._refresh_layer_choice()
-
-        box = QGroupBox("Model")
-        form = QFormLayout(box)
-        self.family = QComboBox()
-        self.family.addItems(list(self.visible))
-        self.family.currentTextChanged.connect(lambda f: self.set_model(f))
-        self.version = QComboBox()
-        self.version.currentTextChanged.connect(lambda v: v and self.set_model(self.family.currentText(), v))
-        self.task = QComboBox()
-        self.description = QLabel()
-        self.description.setWordWrap(True)
-        for name, w in (("family", self.family), ("version", self.version), ("task", self.task), ("", self.description)):
-            form.addRow(name, w)
-        self.models_list = QListWidget()
-        self.models_list.setToolTip("several models run on the same images and are compared (--models); "
-                                    "empty: the model above alone")
-        self.models_list.setMaximumHeight(80)
-        row = QHBoxLayout()
-        self.add_model_button = QPushButton("Add to comparison")
-        self.add_model_button.setToolTip("add the model above, with its parameters, to the models to compare")
-        self.add_model_button.clicked.connect(self.add_current_model)
-        self.remove_model_button = QPushButton("Remove")
-        self.remove_model_button.clicked.connect(self._remove_models)
-        row.addWidget(self.add_model_button)
-        row.addWidget(self.remove_model_button)
-        form.addRow("compare", self.models_list)
-        form.addRow("", row)
-        col.addWidget(box)
-
-        box = QGroupBox("Parameters")
-        self.params = ParamsForm()
-        QVBoxLayout(box).addWidget(self.params)
-        col.addWidget(box)
-
-        box = QGroupBox("Substacks and where to run")
-        form = QFormLayout(box)
-        self.num_substacks = QLineEdit("auto")
-        self.num_substacks.setToolTip("substacks per axis: 'auto', one number, or one per axis (e.g. 2,4,4)")
-        self.overlap = QLineEdit("32")
-        self.overlap.setToolTip("overlap between substacks: pixels or a fraction, one value or one per axis")
-        defaults = pipeline_defaults()
-        self.substack_memory = QLineEdit(str(defaults.get("substack_memory", "6 GB")))
-        self.substack_memory.setToolTip("memory one segmentation task may use, the model included: "
-                                        "'auto' substacks are sized to fit it (e.g. 6 GB, 24 GB)")
-        self.fingerprint = QComboBox()
-        self.fingerprint.addItems(["full", "sample"])
-        self.fingerprint.setCurrentText(str(defaults.get("fingerprint", "full")))
-        self.fingerprint.setToolTip("how images are identified in the cache: full hashes every byte (remembered "
-                                    "per file until it changes), sample only metadata and a bounded sample")
-        self.profile = QComboBox()
-        self.profile.setEditable(True)
-        self.profile.addItems(profiles(self.project))
-        self.profile.setToolTip("Nextflow profile(s), comma-separated: local, local,gpu, slurm, a site profile")
-        self.outdir = QLineEdit(str(Path.cwd() / "results"))
-        self.root_dir = QLineEdit(str(Path("~/.nextflow/aiod").expanduser()))
-        self.save_tiff = QCheckBox("also publish a TIFF copy")
-        for name, w in (("substacks", self.num_substacks), ("overlap", self.overlap),
-                        ("task memory", self.substack_memory), ("fingerprint", self.fingerprint), ("profile", self.profile),
-                        ("output folder", self.outdir), ("root (cache)", self.root_dir), ("", self.save_tiff)):
-            form.addRow(name, w)
-        col.addWidget(box)
-
-        row = QHBoxLayout()
-        self.project_name = QLineEdit("project")
-        self.save_button = QPushButton("Save project")
-        self.save_button.clicked.connect(lambda: self.save_project(self.project_name.text()))
-        self.load_button = QPushButton("Load project…")
-        self.load_button.clicked.connect(self._browse_project)
-        for w in (QLabel("project"), self.project_name, self.save_button, self.load_button):
-            row.addWidget(w)
-        col.addLayout(row)
-
-        row = QHBoxLayout()
-        self.preview_button = QPushButton("Preview plan")
-        self.preview_button.setToolTip("draw each image's substacks (PLAN's plan) as a shapes layer")
-        self.preview_button.clicked.connect(self.preview_plan)
-        self.run_button = QPushButton("Run")
-        self.run_button.clicked.connect(self.run)
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setEnabled(False)
-        self.stop_button.clicked.connect(lambda: self.run_handle and self.run_handle.stop())
-        self.progress = QProgressBar()
-        self.progress.setFormat("%v / %m tasks")
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        for w in (self.preview_button, self.run_button, self.stop_button, self.progress):
-            row.addWidget(w)
-        col.addLayout(row)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        col.addWidget(self.status)
-        self.log = QPlainTextEdit()
-        self.log.setReadOnly(True)
-        self.log.setMaximumBlockCount(2000)
-        col.addWidget(self.log)
-        return page
+    # ---- the model ------------------------------------------------------------------------------
 
     def set_model(self, family: str, version: str | None = None, task: str | None = None) -> None:
         """Show a family's visible versions and tasks and its generated parameter widgets."""
