@@ -6,9 +6,7 @@ trained on. Three crops train it, the fourth (held out) scores it before and aft
 One FINETUNE pipeline run (the module's fixture) serves the end-to-end checks; a second one, whose
 training task is killed after its first checkpoint, must be retried and end where the
 uninterrupted run ended; bad input is refused in the pipeline's own environment before anything
-is trained or written. The small StarDist 2D model (tests/families/train_stardist.py) is
-fine-tuned on the same crops by a pipeline run of its own, and a training of it killed after its
-first checkpoint is run again and resumes."""
+is trained or written. StarDist's fine-tuning, on the same crops: test_finetune_stardist.py."""
 
 from __future__ import annotations
 
@@ -256,83 +254,6 @@ def test_a_model_that_is_not_better_is_reported_and_not_registered(finetuned, tm
     assert record["metrics"]["after"]["pooled"]["f1"] < record["metrics"]["before"]["pooled"]["f1"]
     assert not record["registered"] and "cellpose/wrecked: NOT registered: not better than nuclei" in proc.stdout
     assert tree(lab) == before and ": not registered</h1>" in (tmp_path / "out" / "finetune.html").read_text()
-
-
-# StarDist: the small 2D model the tests train (on the nuclei image at its own size), fine-tuned on
-# the same crops, whose nuclei are twice the size it learnt: before, it finds none of them.
-STARDIST = {"epochs": 12, "patch_size": 128, "patches_per_epoch": 32, "batch_size": 4}
-SD_PARENT = "2D_versatile_fluo"  # the lab's entry of that name holds the test model
-
-
-@pytest.fixture(scope="module")
-def stardist_finetuned(tmp_path_factory, trained_artifact, nuclei_data):  # noqa: F811
-    """One `nextflow run main.nf -entry FINETUNE` from the StarDist test model, 12 short epochs."""
-    env_python("stardist")
-    work = tmp_path_factory.mktemp("finetune_stardist")
-    sheet = annotated_crops(work / "data", nuclei_data)
-    lab = lab_registry(work / "lab", trained_artifact("stardist", 2), "stardist", SD_PARENT)
-    (work / "training.yaml").write_text(yaml.safe_dump(STARDIST))
-    started = time.time()
-    proc = run_pipeline(work, "-entry", "FINETUNE", "--input", str(sheet), "--model", "stardist", "--model_version", SD_PARENT,
-                        "--finetune_name", "fluo_lab", "--finetune_params", str(work / "training.yaml"),
-                        "--registry_dir", str(lab), "--outdir", str(work / "results"), "--root_dir", str(work / "root"),
-                        "--trace_report_suffix", "ft", profile="test,venv")
-    return {"work": work, "lab": lab, "sheet": sheet, "stdout": proc.stdout, "seconds": time.time() - started,
-            "record": json.loads((work / "results" / "finetune.json").read_text())}
-
-
-def test_a_fine_tuned_stardist_model_scores_better_on_the_held_out_crop_and_is_registered_as_a_model_folder(
-        stardist_finetuned):
-    record, lab = stardist_finetuned["record"], stardist_finetuned["lab"]
-    before, after = (record["metrics"][k]["pooled"] for k in ("before", "after"))
-    assert record["epochs_done"] == STARDIST["epochs"] and len(record["curves"]["train_loss"]) == STARDIST["epochs"]
-    # the parent finds none of the larger nuclei; twelve short epochs teach it about half (0.62 where this was written)
-    assert before["n_true"] == after["n_true"] > 5 and after["f1"] >= before["f1"] + 0.25
-    assert record["registered"] and "registered in" in stardist_finetuned["stdout"]
-    rows = trace_rows(stardist_finetuned["work"] / "results", "ft")
-    assert len(processes(rows, "FINETUNE_TRAIN", "COMPLETED")) == 1
-    assert list((stardist_finetuned["work"] / "root" / "aiod_cache" / "stardist" / "training").glob("fluo_lab-*/checkpoint.npz"))
-
-    manifest = registry.load_registry([lab])["stardist"]
-    version = manifest.versions["fluo_lab"]
-    location = version.tasks["nuclei"].locations[0]
-    weights = Path(location.filepath)  # a StarDist model folder, with thresholds found for the new network
-    assert sorted(os.listdir(weights)) == ["config.json", "thresholds.json", "weights_best.h5"]
-    assert weights.is_relative_to(lab) and location.sha256 == tree_sha256(weights) == record["weights_sha256"]
-    assert version.trained.parent == SD_PARENT and version.trained.parent_sha256 == tree_sha256(lab / f"parent_{SD_PARENT}")
-    assert version.trained.params == {**{k: p.default for k, p in manifest.training.items()}, **STARDIST}
-
-
-def test_a_run_with_the_fine_tuned_stardist_model_fetches_its_folder_and_finds_nuclei(stardist_finetuned):
-    result, entry = segment_c3(stardist_finetuned, "stardist", "fluo_lab")
-    assert result["n_objects"] > 5 and entry["model"]["artifact"]["sha256"] == stardist_finetuned["record"]["weights_sha256"]
-
-
-def test_a_stardist_training_killed_after_an_epoch_resumes_from_its_checkpoint_to_the_same_model(stardist_finetuned,
-                                                                                                tmp_path):
-    lab = lab_without(stardist_finetuned["lab"], tmp_path / "lab", "stardist", "fluo_lab")
-    cmd, env = finetune_command("stardist", "--input", stardist_finetuned["sheet"], "--model", "stardist", "--version",
-                                SD_PARENT, "--name", "fluo_lab", "--registry-dir", lab, "--out", tmp_path / "out",
-                                "--root-dir", tmp_path / "root", "--params", stardist_finetuned["work"] / "training.yaml")
-    training = tmp_path / "root" / "aiod_cache" / "stardist" / "training"
-    run = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while not list(training.glob("*/checkpoint.npz")) and run.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-    run.kill()  # as the kernel's OOM killer or a node's end would
-    run.wait()
-    with np.load(next(training.glob("*/checkpoint.npz"))) as saved:
-        done = json.loads(str(saved["state"]))["epochs_done"]
-    assert 1 <= done < STARDIST["epochs"] and not (tmp_path / "out").exists()
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"stardist: resuming after epoch {done} of {STARDIST['epochs']}" in proc.stderr  # not from the start
-    resumed, uninterrupted = json.loads((tmp_path / "out" / "finetune.json").read_text()), stardist_finetuned["record"]
-    assert resumed["epochs_done"] == uninterrupted["epochs_done"] == STARDIST["epochs"]
-    # patches, augmentations and batches depend only on the seed and the epoch, Adam's state is in the checkpoint
-    assert resumed["curves"]["train_loss"] == uninterrupted["curves"]["train_loss"]
-    assert resumed["weights_sha256"] == uninterrupted["weights_sha256"]
-    assert resumed["metrics"]["after"]["pooled"]["f1"] >= uninterrupted["metrics"]["after"]["pooled"]["f1"]
 
 
 def test_without_a_split_column_the_split_follows_the_ids():
