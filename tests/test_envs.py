@@ -137,6 +137,19 @@ def test_aiod_env_bin_path_prints_nothing_when_the_family_is_unknown(tmp_path):
     assert "unknown family 'nosuchfamily'" in err
 
 
+def test_aiod_env_is_also_the_packages_aiod_env_command_in_the_system_python(tmp_path):
+    """bin/aiod-env is a door to aiod.environments, which needs nothing but the standard library
+    (it runs before any environment exists): `aiod env` is the same tool."""
+    env = {**os.environ, "AIOD_ENVS_DIR": str(tmp_path / "envs")}
+    door = subprocess.run(["/usr/bin/python3", "-I", str(AIOD_ENV), "list"], env=env, capture_output=True, text=True)
+    command = subprocess.run([sys.executable, str(ROOT / "bin" / "aiod"), "env", "list"], env=env, capture_output=True, text=True)
+    assert door.returncode == command.returncode == 0, door.stderr + command.stderr
+    assert door.stdout == command.stdout and door.stdout.count("missing") == len(FAMILIES)
+    missing = subprocess.run([sys.executable, str(ROOT / "bin" / "aiod"), "env", "path", "stardist"], env=env,
+                             capture_output=True, text=True)
+    assert missing.returncode == 1 and "(run: aiod env build stardist)" in missing.stderr
+
+
 def test_the_napari_front_ends_conda_file_has_the_plugins_packages_and_pins():
     """envs/napari/environment.yml (a subfolder: not a family) against napari-aiod/pyproject.toml."""
     import yaml

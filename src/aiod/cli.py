@@ -244,6 +244,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--check-only", action="store_true", help="check the request and the samplesheet, train nothing, write nothing")
     s.set_defaults(func=_lazy("finetune", "_cli"))
 
+    # `aiod env ...` goes to aiod.environments before this parser (main); listed here for --help
+    sub.add_parser("env", help="build and find the model families' environments: build|path|bin-path|list (docs/environments.md)")
+
     s = sub.add_parser("demo-data", help="write the built-in demo images, ground truth and samplesheet")
     s.add_argument("outdir")
     s.set_defaults(func=_demo_data)
@@ -307,6 +310,10 @@ def _written_path(a) -> Path | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["env"]:  # bin/aiod-env's tool, with its own arguments
+        from . import environments
+        return environments.main(argv[1:], prog="aiod env")
     args = parser().parse_args(argv)
     diskspace.reset()
     try:
