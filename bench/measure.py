@@ -93,7 +93,7 @@ def do_python(workdir: Path):
 def do_read(workdir: Path):
     """Every block of both arrays read once: measure_result's blocks, threads and reader."""
     from aiod.imageio import open_image
-    from aiod.substack_labels import SLAB_VOXELS, pieces
+    from aiod.boxes import SLAB_VOXELS, pieces
 
     mask, image = _paths(workdir)
     labels, chunks = measure._open_mask(mask, None)

@@ -12,7 +12,7 @@ import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aiod import merge, metrics, seams, substack_labels, synthetic
+from aiod import boxes, merge, metrics, seams, substack_labels, synthetic
 from aiod.errors import AiodError
 from aiod.planner import plan_substacks
 from pipeline_helpers import same_partition
@@ -266,7 +266,7 @@ def test_links_are_those_of_the_sorted_overlap_count(tmp_path):
     for s in range(len(plan.substacks)):
         for t in [t for t in plan.neighbours(s) if t > s]:
             cand, linked = seams.candidates_and_links(plan, files, s, t, 0.5)
-            shared = substack_labels.intersect(plan.substacks[s].box, plan.substacks[t].box)
+            shared = boxes.intersect(plan.substacks[s].box, plan.substacks[t].box)
             x, y = files[s].read(shared).ravel(), files[t].read(shared).ravel()
             want = [
                 (a, b) for a, b in cand

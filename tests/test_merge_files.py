@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zarr
 
-from aiod import substack_labels, synthetic
+from aiod import boxes, substack_labels, synthetic
 from aiod.errors import AiodError
 from aiod.planner import plan_substacks
 from test_merge import nuclei_2d, split_and_merge
@@ -52,7 +52,7 @@ def test_label_file_holds_the_box_at_image_coordinates_and_copies_of_the_shared_
     box = plan.substacks[1].box
     assert tuple(lab.array.shape) == tuple(b for _, b in box) and lab.origin == (0, 0)
     assert not lab.array[: box[0][0]].any()  # nothing outside the box
-    shared = substack_labels.intersect(box, plan.substacks[0].box)
+    shared = boxes.intersect(box, plan.substacks[0].box)
     assert np.array_equal(lab.read_shared(0, shared), lab.read(shared))
 
 

@@ -353,7 +353,7 @@ def measure_result(mask, image=None, *, label_name: str | None = None, image_axe
     from concurrent.futures import ThreadPoolExecutor
 
     from .imageio import open_image
-    from .substack_labels import SLAB_VOXELS, pieces
+    from .boxes import SLAB_VOXELS, pieces
 
     mask = Path(mask)
     if not mask.exists():

@@ -54,10 +54,11 @@ import zarr
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from aiod import seams, substack_labels
+from aiod import seams
+from aiod.boxes import SLAB_VOXELS, intersect, pieces, rel, shape_of
 from aiod.errors import AiodError
 from aiod.planner import Plan
-from aiod.substack_labels import SubstackLabels, intersect, open_all, pieces, rel, runs, shape_of
+from aiod.substack_labels import SubstackLabels, open_all, runs
 
 UINT32_MAX_OBJECTS = int(np.iinfo(np.uint32).max)  # more objects than this -> uint64 ids
 MALLOC_THRESHOLD = 1 << 25  # malloc's fixed mmap and trim thresholds (see bound_malloc)
@@ -86,7 +87,7 @@ def _nodes(sub, lab: SubstackLabels) -> np.ndarray:
     if lab.core_labels is not None:
         return np.arange(1, lab.core_labels + 1, dtype=np.int64)
     seen = np.zeros(lab.max_label + 1, dtype=bool)
-    for piece in pieces(sub.core, lab.array.chunks, lab.origin, substack_labels.SLAB_VOXELS):
+    for piece in pieces(sub.core, lab.array.chunks, lab.origin, SLAB_VOXELS):
         seen[runs(lab.read(tuple((p.start, p.stop) for p in piece)))] = True
     seen[0] = False
     return np.flatnonzero(seen)
@@ -123,7 +124,7 @@ def _write(plan: Plan, labels: list[SubstackLabels], luts: list[np.ndarray], out
 
     whole = tuple((0, n) for n in plan.spatial_shape)
     chunks = getattr(out, "chunks", None)
-    list(pool.map(one, pieces(whole, chunks, (0,) * len(whole), substack_labels.SLAB_VOXELS)))
+    list(pool.map(one, pieces(whole, chunks, (0,) * len(whole), SLAB_VOXELS)))
 
 
 def bound_malloc() -> None:

@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiod.boxes import rel, shape_of
 from aiod.errors import PlanError
 
 PLAN_FORMAT = "aiod-plan/1"
@@ -57,11 +58,11 @@ class Substack:
     @property
     def core_in_box(self) -> tuple[slice, ...]:
         """The core as slices of an array that holds the box."""
-        return tuple(slice(c0 - b0, c1 - b0) for (c0, c1), (b0, _) in zip(self.core, self.box))
+        return rel(self.core, self.box)
 
     @property
     def box_shape(self) -> tuple[int, ...]:
-        return tuple(b - a for a, b in self.box)
+        return shape_of(self.box)
 
 
 @dataclass(frozen=True)

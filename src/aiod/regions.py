@@ -238,7 +238,7 @@ def _scan_atlas(atlas, index: np.ndarray, inside: np.ndarray):
     atlas value at `index`, OUTSIDE where not `inside`)."""
     import numpy as np
 
-    from .substack_labels import SLAB_VOXELS, pieces
+    from .boxes import SLAB_VOXELS, pieces
 
     region = np.full(len(index), OUTSIDE, np.int64)
     boxes = pieces(tuple((0, n) for n in atlas.spatial_shape), None, (0,) * index.shape[1], SLAB_VOXELS)

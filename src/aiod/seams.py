@@ -16,7 +16,8 @@ import itertools
 import numpy as np
 
 from aiod.planner import Plan
-from aiod.substack_labels import SubstackLabels, intersect, rel, runs
+from aiod.boxes import intersect, rel
+from aiod.substack_labels import SubstackLabels, runs
 
 # Nodes whose owned voxels come this close across a seam are candidates for a link: 1 is
 # plain adjacency; 2 also bridges the one-voxel gap left where one substack's model draws an

@@ -23,7 +23,6 @@ result.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -31,30 +30,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import zarr
 
+from aiod.boxes import SLAB_VOXELS, intersect, rel, shape_of  # SLAB_VOXELS: also the shared regions' chunk
 from aiod.errors import AiodError
 from aiod.planner import Plan
 
 FORMAT = "aiod-substack/2"
 CHUNK_EDGE = {2: 512, 3: 128}  # divides the output's chunks (ngff.DEFAULT_CHUNKS)
-SLAB_VOXELS = 1 << 21  # voxels read (and mapped, written) at a time: one 128³ chunk; also
-# the chunk of the flattened shared regions
 LUT_IDS = 1 << 24  # model ids below this are renumbered through a table, others by sorted search
-
-
-def intersect(r1, r2):
-    """The intersection of two regions ([start, stop) per axis), None when empty."""
-    out = tuple((max(a0, b0), min(a1, b1)) for (a0, a1), (b0, b1) in zip(r1, r2))
-    return None if any(a >= b for a, b in out) else out
-
-
-def rel(region, origin) -> tuple[slice, ...]:
-    """`region` as slices of an array whose index 0 is at `origin` (a region or a point)."""
-    starts = [o[0] if isinstance(o, (tuple, list)) else o for o in origin]
-    return tuple(slice(a - o, b - o) for (a, b), o in zip(region, starts))
-
-
-def shape_of(region) -> tuple[int, ...]:
-    return tuple(b - a for a, b in region)
 
 
 def run_starts(flat: np.ndarray) -> np.ndarray:
@@ -241,25 +223,4 @@ def open_all(plan: Plan, paths: Sequence) -> list[SubstackLabels]:
     if missing:
         raise AiodError(f"merge: labels of substacks {missing} are missing")
     return found
-
-
-def pieces(region, chunks, origin, limit: int) -> list[tuple[slice, ...]]:
-    """`region` (ranges, image coordinates) cut into pieces of at most `limit` voxels (or one
-    chunk), along the leading axes first, only at chunk boundaries (`origin` + multiples of
-    `chunks`), so that two pieces never share a chunk; `chunks=None` cuts anywhere."""
-    extent = [b - a for a, b in region]
-    steps, voxels = [], math.prod(extent)
-    for k, n in enumerate(extent):
-        if voxels <= limit:
-            steps.append(n)
-            continue
-        step = chunks[k] if chunks else max(1, limit // max(1, voxels // n))
-        steps.append(step)
-        voxels = voxels // n * min(n, step)
-    axes = []
-    for (a, b), step, o in zip(region, steps, origin):
-        first = o + ((a - o) // step + 1) * step
-        cuts = [a, *range(first, b, step), b]
-        axes.append([slice(p, q) for p, q in zip(cuts[:-1], cuts[1:])])
-    return list(itertools.product(*axes))
 

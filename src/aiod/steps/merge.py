@@ -11,7 +11,7 @@ from pathlib import Path
 
 import zarr
 
-from .. import RESULT_FORMAT_VERSION, __version__, claims, imageio, measure, merge, ngff, planner, substack_labels, tables
+from .. import RESULT_FORMAT_VERSION, __version__, boxes, claims, imageio, measure, merge, ngff, planner, substack_labels, tables
 from ..errors import AiodError
 from . import JOB_FORMAT, MERGE_SETTINGS, label_name, log
 
@@ -76,7 +76,7 @@ def write_whole(job: dict, labels, out: Path, record: dict) -> dict:
 
         chunks = getattr(output, "chunks", None)
         with zarr.config.set({"async.concurrency": 1}), ThreadPoolExecutor(min(2, os.cpu_count() or 1)) as pool:
-            list(pool.map(one, substack_labels.pieces(whole, chunks, (0,) * len(whole), substack_labels.SLAB_VOXELS)))
+            list(pool.map(one, boxes.pieces(whole, chunks, (0,) * len(whole), boxes.SLAB_VOXELS)))
         return n, dtype.name
 
     return _write(job, Path(out), fill, {"0": {k: record.get(k) for k in SUBSTACK_RECORD}}, "in one substack, written")
