@@ -85,9 +85,14 @@ def slurm_args(folder: Path, data: Path, suffix: str, *extra: str, config: Path 
 
 @pytest.fixture(scope="module")
 def reference(cluster, data, tmp_path_factory):
-    """An uninterrupted run; its folder."""
+    """An uninterrupted run; its folder. Each segmentation job sleeps 4 s after its work (inside
+    the job) so that two of them surely overlap on the node's 2 GPUs, however loaded the machine:
+    a job of about a second could end before slurmd starts the next one."""
     folder = tmp_path_factory.mktemp("slurm_reference")
-    run_pipeline(folder, *slurm_args(folder, data, "reference", *GRID), profile="slurm,test")
+    config = folder / "reference.config"
+    config.write_text(f"includeConfig '{data / 'cluster.config'}'\n"
+                      "process { withName: 'SEGMENT' { ext.args = '; sleep 4' } }\n")
+    run_pipeline(folder, *slurm_args(folder, data, "reference", *GRID, config=config), profile="slurm,test")
     return folder
 
 
