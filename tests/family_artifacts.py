@@ -115,3 +115,23 @@ def assert_left_no_trace(*runs: dict) -> None:
     for run in runs:
         assert run["record"]["home_files"] == []
         assert run["artifact_unchanged"]
+
+
+def assert_adapter_contract(run: dict, box: str, box_shape: tuple[int, ...], volume_shape: tuple[int, ...]) -> None:
+    """The contract every adapter keeps, checked on a family's own `family_run` of the cases
+    "image" (the 128x128 image, twice), `box` (a substack-sized box of it) and "volume" (the 4-slice
+    volume, or a box of it), as one conformance suite runs against every reader plugin: uint32 ids
+    1..n of the box's shape, at least one object; the same image twice gives the same labels and
+    scores; a box is labelled with the whole image's statistics (PLAN's `prepared`), never its
+    own; a volume's slices are linked into 3D ids; nothing is written into $HOME or into the
+    artifact's folder."""
+    runs, record = run["runs"], run["record"]
+    assert_instance_labels(runs["image_0"], (128, 128))
+    np.testing.assert_array_equal(runs["image_0"], runs["image_1"])
+    assert record["runs"]["image_0"]["scores"] == record["runs"]["image_1"]["scores"]
+    assert_instance_labels(runs[f"{box}_0"], box_shape)
+    assert record["prepared"][box] == record["prepared"]["image"]
+    assert_instance_labels(runs["volume_0"], volume_shape)
+    assert ids_spanning_slices(runs["volume_0"])
+    assert_left_no_trace(run)
+

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from aiod.models import empanada
-from family_artifacts import (assert_instance_labels, assert_left_no_trace, built_artifact,  # noqa: F401
-                              family_images, family_run, ids_spanning_slices)
+from family_artifacts import (assert_adapter_contract, assert_instance_labels, assert_left_no_trace,  # noqa: F401
+                              built_artifact, family_images, family_run)
 
 D = empanada.LABEL_DIVISOR
 # Small objects of the random network are kept (min_size 10), and 3D objects need only span 2
@@ -59,45 +59,18 @@ def empanada_run(built_artifact, tmp_path_factory):  # noqa: F811
 
 
 @pytest.mark.families
-def test_empanada_2d_image_gives_uint32_instances(empanada_run):
-    assert_instance_labels(empanada_run["runs"]["image_0"], (128, 128))
+def test_empanada_keeps_the_adapter_contract(empanada_run):
+    assert_adapter_contract(empanada_run, "top", (80, 128), (4, 96, 96))  # the volume: stack mode, tracked through z
+    assert_left_no_trace(empanada_run["ortho"])
+
+
+@pytest.mark.families
+def test_empanada_gives_no_per_object_scores_and_any_box_its_shape(empanada_run):
     assert empanada_run["record"]["runs"]["image_0"]["scores"] is None  # the engines give no per-object score
-
-
-@pytest.mark.families
-def test_empanada_same_image_twice_gives_identical_labels(empanada_run):
-    np.testing.assert_array_equal(empanada_run["runs"]["image_0"], empanada_run["runs"]["image_1"])
-
-
-@pytest.mark.families
-def test_empanada_substack_sized_boxes_give_labels_of_their_shape(empanada_run):
-    assert_instance_labels(empanada_run["runs"]["top_0"], (80, 128))
     assert_instance_labels(empanada_run["runs"]["corner_0"], (80, 88))
-
-
-@pytest.mark.families
-def test_empanada_every_box_uses_the_image_wide_normalisation(empanada_run):
-    prepared = empanada_run["record"]["prepared"]
-    assert prepared["top"] == prepared["corner"] == prepared["image"]
-
-
-@pytest.mark.families
-def test_empanada_3d_stack_tracks_objects_through_z(empanada_run):
-    volume = empanada_run["runs"]["volume_0"]
-    assert_instance_labels(volume, (4, 96, 96))
-    assert ids_spanning_slices(volume)
+    assert empanada_run["record"]["prepared"]["corner"] == empanada_run["record"]["prepared"]["image"]
 
 
 @pytest.mark.families
 def test_empanada_3d_orthoplane_consensus_gives_instances(empanada_run):
     assert_instance_labels(empanada_run["ortho"]["runs"]["volume_0"], (4, 16, 24))
-
-
-@pytest.mark.families
-def test_empanada_writes_nothing_in_home_or_the_artifact_folder(empanada_run):
-    assert_left_no_trace(empanada_run, empanada_run["ortho"])
-
-
-@pytest.mark.families
-def test_empanada_halo_is_the_stated_context(empanada_run):
-    assert empanada_run["record"]["min_halo"] == empanada.HALO
