@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -14,7 +18,7 @@ from scipy import ndimage
 from skimage.measure import regionprops_table
 from skimage.segmentation import relabel_sequential
 
-from aiod import cli, measure, ngff
+from aiod import block_pass, cli, measure, ngff
 from aiod.errors import InputError
 
 PROPS = ("label", "area", "centroid", "bbox", "intensity_mean", "intensity_min", "intensity_max")
@@ -99,10 +103,10 @@ def test_float_image_of_one_channel_without_a_channel_axis():
     assert_equals_regionprops(stats.finish(), labels, image[None].astype(np.float64))
 
 
-@pytest.mark.parametrize("dtype,base", [(np.uint32, 4_000_000), (np.uint64, 1 << 40)])
+@pytest.mark.parametrize("dtype,base", [(np.uint32, 4_000_000), (np.uint64, 1 << 40), (np.uint64, (1 << 64) - (1 << 22))])
 def test_sparse_ids_far_apart_give_the_same_rows(dtype, base):
     labels = blobs((24, 30, 36), seed=6)
-    ids = np.concatenate([[0], base + 7919 * np.arange(1, labels.max() + 1)]).astype(dtype)
+    ids = np.concatenate([[0], dtype(base) + dtype(7919) * np.arange(1, labels.max() + 1, dtype=dtype)]).astype(dtype)
     image = channels(labels.shape, 1)
     table = chunked(ids[labels], image, (8, 8, 8), "ZYX")
     assert table.columns["id"].dtype == (np.uint64 if dtype == np.uint64 else np.int64)
@@ -239,3 +243,40 @@ def test_image_blocks_of_the_wrong_shape_are_refused():
     stats = measure.ObjectStats("YX", n_channels=2)
     with pytest.raises(InputError, match=r"image block of shape \(4, 4\) for labels of shape \(4, 4\) \(2 channel"):
         stats.add(np.ones((4, 4), np.uint8), np.ones((4, 4)))
+
+
+COMPILE_TWICE = """
+import json
+import numpy as np
+from aiod import block_pass, measure
+stats = measure.ObjectStats("YX", n_channels=1)
+stats.add(np.arange(12, dtype=np.uint32).reshape(3, 4), np.ones((3, 4), np.uint16))
+assert len(stats.finish()) == 11
+print(json.dumps({"cache": block_pass.os.environ["NUMBA_CACHE_DIR"],
+                  "hits": [sum(f.stats.cache_hits.values()) for f in block_pass._compiled()],
+                  "misses": [sum(f.stats.cache_misses.values()) for f in block_pass._compiled()]}))
+"""
+
+
+def test_the_compiled_pass_is_compiled_once_and_loaded_from_the_cache_by_later_processes(tmp_path):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba"), "PYTHONPATH": str(block_pass.Path(block_pass.__file__).parents[1])}
+    runs = [subprocess.run([sys.executable, "-c", COMPILE_TWICE], env=env, capture_output=True, text=True, check=True)
+            for _ in range(2)]
+    first, second = (json.loads(r.stdout) for r in runs)
+    assert first["cache"] == str(tmp_path / "numba") and any((tmp_path / "numba").rglob("*.nbi"))
+    assert sum(first["misses"]) >= 2 and sum(first["hits"]) == 0  # the id range and the pass, compiled and saved
+    assert sum(second["misses"]) == 0 and second["hits"] == first["misses"]  # loaded
+
+
+def test_the_compiled_code_goes_to_the_environment_else_a_private_temporary_folder(tmp_path, monkeypatch):
+    env, tmp = tmp_path / "env", tmp_path / "tmp"
+    env.mkdir(), tmp.mkdir()
+    monkeypatch.setattr(block_pass.sys, "prefix", str(env))
+    monkeypatch.setattr(block_pass.tempfile, "tempdir", str(tmp))
+    assert block_pass.cache_dir() == env / "var" / "aiod" / "numba"
+    monkeypatch.setattr(block_pass.sys, "prefix", str(tmp_path / "env.txt"))  # an environment that cannot be written
+    (tmp_path / "env.txt").write_text("")
+    ours = tmp / f"aiod-numba-{os.getuid()}"
+    assert block_pass.cache_dir() == ours and ours.stat().st_mode & 0o777 == 0o700
+    ours.chmod(0o777)  # a folder others could write into: its compiled code is not loaded
+    assert block_pass.cache_dir() is None

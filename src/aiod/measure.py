@@ -6,11 +6,10 @@ voxels, physical size, centroid (voxel and physical), bounding box and mean/min/
 per channel. Objects that span blocks are combined exactly: every statistic is a sum, a
 minimum or a maximum, so the blocks' partial rows add up to the whole-image ones.
 
-Per block, each row of voxels (along the last axis) is cut into runs of one label; a run's
-voxel count, coordinate sums and first/last voxel follow from its start and length, and its
-intensity sum/min/max come from `np.*.reduceat` over the run starts: every voxel is touched a
-few times in C loops, never sorted. The runs are then summed per label (`np.bincount`,
-`np.minimum.at` on the runs' label index, `_group`) into a block table keyed by global id.
+Per block, one compiled pass (aiod.block_pass, numba) walks the runs of equal labels along the
+last axis: a run's voxel count, coordinate sums and first/last voxel follow from its start and
+length, its intensity sum/min/max from its voxels. Every voxel is read about three times, in
+compiled loops, never sorted; the result is a block table keyed by global id.
 
 The block tables are combined into per-object arrays indexed by id (grown as larger ids
 appear) while ids stay dense, as AIoD's masks are (1..N): 8 * (1 + 2 * ndim + 3 * channels)
@@ -83,75 +82,25 @@ def _merge_two(a: tuple, b: tuple) -> tuple[np.ndarray, dict]:
     return _reduce(np.concatenate([ia, ib]), {k: np.concatenate([ca[k], cb[k]]) for k in ca})
 
 
-def _group(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted distinct ids, the index of each id among them): by marking them in a table when
-    they span little (a block's ids mostly do), else by sorting."""
+def _channels(labels: np.ndarray, image: np.ndarray | None) -> np.ndarray:
+    """The image block as (channels, *labels.shape), contiguous; no image: zero channels."""
     import numpy as np
 
-    low = ids.min()
-    span = int(ids.max()) - int(low) + 1
-    if span > 4 * len(ids) + 4096:
-        return np.unique(ids, return_inverse=True)
-    key = (ids - low).astype(np.intp)
-    seen = np.zeros(span, dtype=bool)
-    seen[key] = True
-    present = np.flatnonzero(seen)
-    slot = np.zeros(span, dtype=np.intp)
-    slot[present] = np.arange(len(present))
-    return present.astype(ids.dtype) + low, slot[key]
+    if image is None:
+        return np.zeros((0, *labels.shape), np.uint8)
+    return np.ascontiguousarray(image[None] if image.ndim == labels.ndim else image)
 
 
 def block_table(labels: np.ndarray, image: np.ndarray | None = None, offset=None):
     """(sorted ids, partial statistics) of one block; `offset`: its first voxel's index in the
-    whole image. `image`: same shape, or (channels, *labels.shape) as ImageSource.read gives."""
+    whole image. `image`: same shape, or (channels, *labels.shape). Labels must not be negative."""
     import numpy as np
 
+    from . import block_pass
+
     lab = np.ascontiguousarray(labels)
-    ndim, flat = lab.ndim, lab.reshape(-1)
-    offset = np.zeros(ndim, np.int64) if offset is None else np.asarray(offset, dtype=np.int64)
-    channels = [] if image is None else list(image[None] if image.ndim == ndim else image)
-    change = np.empty(flat.size, dtype=bool)
-    change[:1] = True
-    np.not_equal(flat[1:], flat[:-1], out=change[1:])
-    change[:: max(1, lab.shape[-1])] = True  # runs stop at the end of each row
-    starts = np.flatnonzero(change)
-    runs = flat[starts]
-    keep = runs != 0
-    if not keep.any():
-        return runs[:0], _empty(ndim, len(channels))
-    per_run = [(np.add.reduceat(c, starts, dtype=np.float64 if c.dtype.kind == "f" else np.int64)[keep],
-                np.minimum.reduceat(c, starts)[keep].astype(np.float64), np.maximum.reduceat(c, starts)[keep].astype(np.float64))
-               for c in (np.ascontiguousarray(c).reshape(-1) for c in channels)]  # intensity sum, min, max per run
-    runs_end = np.empty_like(starts)
-    runs_end[:-1], runs_end[-1] = starts[1:], flat.size
-    length_i = (runs_end - starts)[keep]
-    length = length_i.astype(np.float64)
-    starts = starts[keep]
-    ids, inv = _group(runs[keep])
-    n = len(ids)
-
-    def total(weights):
-        return np.bincount(inv, weights=weights, minlength=n)
-
-    def extreme(op, values, fill):
-        out = np.full(n, fill, dtype=values.dtype)
-        op.at(out, inv, values)
-        return out
-
-    coords, rest = [], starts.astype(np.int64, copy=False)  # each run's first voxel (faster than unravel_index)
-    for n_k, o in zip(lab.shape[:0:-1], offset[:0:-1]):
-        rest, c = np.divmod(rest, n_k)
-        coords.insert(0, c + o)
-    coords.insert(0, rest + offset[0])
-    ends = coords[-1] + length_i - 1
-    sums = [total(length * c) for c in coords[:-1]] + [total(length * coords[-1] + length * (length - 1) / 2)]
-    cols = {"count": np.rint(total(length)).astype(np.int64), "csum": np.stack(sums, 1),
-            "lo": np.stack([extreme(np.minimum, c, FIELDS["lo"][1]) for c in coords], 1).astype(COORD),
-            "hi": np.stack([extreme(np.maximum, c, -1) for c in (*coords[:-1], ends)], 1).astype(COORD)}
-    for name, k, make in (("isum", 0, total), ("imin", 1, lambda v: extreme(np.minimum, v, np.inf)),
-                          ("imax", 2, lambda v: extreme(np.maximum, v, -np.inf))):
-        cols[name] = np.stack([make(run[k]) for run in per_run], 1) if per_run else np.zeros((n, 0))
-    return ids, cols
+    chans = _channels(lab, image)
+    return block_pass.block_rows(lab, chans, offset, lambda n: _empty(lab.ndim, len(chans), n))
 
 
 class ObjectStats:
@@ -177,7 +126,6 @@ class ObjectStats:
         self.meta: dict = {}  # extra metadata for the table (paths of the mask and image)
         self._lock = threading.Lock()
         self._dense: dict | None = _empty(self.ndim, self.n_channels, (n_objects or 0) + 1)
-        self._present = 0  # objects seen (dense mode)
         self._parts: list[tuple[np.ndarray, dict]] = []  # sorted tables (sparse mode)
         self._id_dtype = np.dtype(np.int64)
 
@@ -202,39 +150,43 @@ class ObjectStats:
             raise InputError(f"{self.source}: no image block, but the table has {self.n_channels} channel(s)")
         if offset is not None and max(int(o) + n for o, n in zip(offset, labels.shape)) > COORD_MAX:
             raise InputError(f"{self.source}: a block at {tuple(offset)} lies beyond 2**31 - 1 voxels along an axis")
-        ids, cols = block_table(labels, image, offset)
-        if labels.dtype.kind == "i" and ids.size and ids[0] < 0:
+        if labels.dtype.kind == "i" and labels.size and (lowest := int(labels.min())) < 0:
             where = "" if offset is None else f" in the block at {tuple(int(o) for o in offset)}"
-            raise InputError(f"{self.source}: negative label {int(ids[0])}{where}; labels must be >= 0")
+            raise InputError(f"{self.source}: negative label {lowest}{where}; labels must be >= 0")
+        from . import block_pass
+
+        lab = np.ascontiguousarray(labels)
+        chans = _channels(lab, image)
+        ids, rows = block_pass.block_rows(lab, chans, offset, lambda n: _empty(self.ndim, self.n_channels, n), ordered=False)
         with self._lock:
             if labels.dtype == np.uint64:
                 self._id_dtype = np.dtype(np.uint64)
-            self._combine(ids, cols)
+            self._combine(ids, rows)
 
-    def _combine(self, ids: np.ndarray, cols: dict) -> None:
+    def _combine(self, ids: np.ndarray, rows: dict) -> None:
+        """Add a block's rows (ids in any order): into the arrays indexed by id while ids stay
+        dense, else as a sorted table."""
         import numpy as np
 
-        dense = self._dense
-        if dense is not None and ids.size:
-            capacity = len(dense["count"])
-            top = int(ids[-1])
+        from . import block_pass
+
+        if self._dense is not None and ids.size:
+            capacity = len(self._dense["count"])
+            top = int(ids.max())
             if top >= capacity:
-                if not self._dense_enough(top, self._present + len(ids)):
+                if not self._dense_enough(top, int(np.count_nonzero(self._dense["count"])) + len(ids)):
                     self._to_sparse()
                 else:
                     self._grow(max(top + 1, int(capacity * GROWTH)))
-        if self._dense is None:
-            self._push(ids, cols)
-            objects = max(len(t) for t, _ in self._parts)  # at least this many objects
-            top = max(int(t[-1]) for t, _ in self._parts if t.size) if objects else 0
-            if self._dense_enough(top, objects):  # the ids filled in as the scan went on: dense again
-                self._to_dense(top)
+        if self._dense is not None:
+            block_pass.fold(self._dense, ids, rows)
             return
-        index = ids.astype(np.intp)
-        self._present += int(np.count_nonzero(self._dense["count"][index] == 0))
-        for name, value in cols.items():
-            target = self._dense[name]
-            target[index] = getattr(np, FIELDS[name][0])(target[index], value)
+        order = np.argsort(ids)
+        self._push(ids[order], {k: v[order] for k, v in rows.items()})
+        objects = max(len(t) for t, _ in self._parts)  # at least this many objects
+        top = max(int(t[-1]) for t, _ in self._parts if t.size) if objects else 0
+        if self._dense_enough(top, objects):  # the ids filled in as the scan went on: dense again
+            self._to_dense(top)
 
     def _grow(self, capacity: int) -> None:
         import numpy as np
@@ -258,7 +210,6 @@ class ObjectStats:
         index = ids.astype(np.intp)
         for name, value in cols.items():
             self._dense[name][index] = value
-        self._present = len(ids)
 
     def _to_sparse(self) -> None:
         ids, cols = self._compact()

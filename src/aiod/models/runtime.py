@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import block_pass
+
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -21,7 +23,9 @@ def log(message: str) -> None:
 def keep_libraries_out_of_home(task_dir: Path | str = ".") -> Path:
     """Point every library cache/config directory we know of into the task directory, so that
     nothing is written under $HOME and nothing is downloaded into a shared place behind the
-    registry's back. Call before importing the model library."""
+    registry's back. Call before importing the model library. Compiled numba code is the
+    exception: it goes where every task of the environment shares it (block_pass.cache_dir,
+    never $HOME), else into the task directory too."""
     base = Path(task_dir).resolve() / ".aiod-home"
     base.mkdir(parents=True, exist_ok=True)
     for var, sub in {
@@ -30,6 +34,9 @@ def keep_libraries_out_of_home(task_dir: Path | str = ".") -> Path:
         "CELLPOSE_LOCAL_MODELS_PATH": "cellpose", "NUMBA_CACHE_DIR": "numba",
     }.items():
         os.environ[var] = str(base / sub)
+    shared = block_pass.cache_dir()
+    if shared is not None:
+        os.environ["NUMBA_CACHE_DIR"] = str(shared)
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     return base
