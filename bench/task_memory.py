@@ -10,8 +10,9 @@ built.json (the random-weight cellposesam, sam2 and empanada artifacts; random w
 published ones of the same architecture). classical needs no artifact.
 
 Each family runs in a fresh process of its own environment (bin/aiod-env path FAMILY): import
-the adapter, load the model, segment a small warm-up image (lazy imports, one-off kernels), and
-read the resident set (VmRSS) after each stage. The runtime part is the RSS after the warm-up
+the adapter, load the model, segment a small warm-up image (lazy imports, one-off kernels) and
+measure its objects (the compiled object-table pass, as SEGMENT does for a one-substack image),
+and read the resident set (VmRSS) after each stage. The runtime part is the RSS after the warm-up
 minus the artifact's size on disk; the table compares it with the stored RUNTIME_BYTES.
 """
 
@@ -56,7 +57,7 @@ def child(family: str, case: dict) -> dict:
     import numpy as np
     import tifffile
 
-    from aiod import synthetic
+    from aiod import measure, synthetic
     from aiod.imageio import open_image
     from aiod.models import params_namespace, resolve, runtime
 
@@ -74,7 +75,8 @@ def child(family: str, case: dict) -> dict:
     with open_image(work / "warm.tif") as image:
         prepared = adapter.prepare(image, None, params)
         array = image.read(tuple(slice(0, n) for n in image.spatial_shape))
-    adapter.segment(model, array, params, prepared, None)
+    labels, _scores = adapter.segment(model, array, params, prepared, None)
+    measure.block_table(labels, array)  # SEGMENT writes a one-substack image's object table
     stages["warmed_up"] = rss()
     return stages
 

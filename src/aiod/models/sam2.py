@@ -42,8 +42,9 @@ NAME = "sam2"
 # included: the loaded model and libraries (fixed per task): RUNTIME_BYTES + the artifact's size.
 BYTES_PER_VOXEL = 1800.0
 # Resident before any substack, less the artifact (the planner adds its size for the loaded
-# weights): 1168 MB for hiera_tiny (torch, hydra, sam2), CPU, measured with bench/task_memory.py.
-RUNTIME_BYTES = 1280 * 2**20
+# weights): 1282 MB for hiera_tiny (torch, hydra, sam2; numba with the object table's compiled
+# pass), CPU, measured with bench/task_memory.py.
+RUNTIME_BYTES = 1408 * 2**20
 # Estimate, not measured (no GPU here): the encoder works at 1024x1024 whatever the substack (a
 # fixed cost); per voxel, a batch of points_per_batch x 3 float32 mask logits at full substack
 # size: 64 x 3 x 4 bytes.
