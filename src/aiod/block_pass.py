@@ -2,17 +2,19 @@
 (aiod.measure, docs/measure.md).
 
 The pass walks the block in raster order, one run of equal labels along the last axis at a
-time. A run adds its length, its coordinate sums and its first/last voxel to its object's row;
-with an image, its voxels' sum, minimum and maximum per channel. The rows are the block's own,
-one per id present (`block_rows`; a first pass gives each id its row, through a table indexed
-by id - smallest id, or np.unique where the ids span more than `DENSE_SPAN` x the block's
-voxels), small enough to stay in the CPU's cache; `fold` adds them to the arrays indexed by id
-of the whole table. Every voxel is read three times (smallest/largest id, rows, statistics), in
-compiled loops; the numpy version this replaces walked the runs about thirty times
-(bench/measure.py).
+time. The first run of an id gives it a row of the block's own (through a table indexed by
+id - the block's smallest id); every run adds its length, its coordinate sums and its
+first/last voxel to its row, and with an image its voxels' sum, minimum and maximum per
+channel. A block's rows are few (one per object in it) and packed in two arrays, so that the
+pass stays in the CPU's cache; `fold` then adds them to the whole table's arrays indexed by id,
+or `table` turns them into a sorted table (ids far apart, from elsewhere). Every voxel is read
+twice (smallest/largest id, then the pass) in compiled loops; the numpy version this replaces
+walked the runs about thirty times (bench/measure.py).
 
-The arrays: count (n,) int64; csum (n, ndim) float64; lo, hi (n, ndim) int32; isum, imin,
-imax (n, channels) float64; coordinates are the image's (`offset`: the block's first voxel).
+A block's rows: `ids`; `ints` (n, 7): voxels, first voxel (z, y, x), last voxel (z, y, x);
+`floats` (n, 3 + 3 * channels): coordinate sums (z, y, x), then per channel the intensity sum,
+minimum and maximum. Coordinates are the image's (`offset`: the block's first voxel); a 2D block
+is one plane at z = 0.
 
 The pass is compiled by numba on first use, per label and image dtype (about a second each), and
 kept in numba's cache on disk, where every later process loads it in milliseconds. The cache
@@ -31,7 +33,8 @@ from functools import lru_cache
 from pathlib import Path
 
 DENSE_SPAN = 4  # a block's ids may span this many times its voxels (+ 4096) before np.unique compacts them
-FIELDS = ("count", "csum", "lo", "hi", "isum", "imin", "imax")
+ROWS = 8192  # rows a block starts with (doubled while a row of voxels could overflow them)
+FIELDS = ("count", "csum", "lo", "hi", "isum", "imin", "imax")  # the whole table's arrays (aiod.measure._empty)
 
 
 @lru_cache(maxsize=1)
@@ -48,93 +51,86 @@ def _compiled():
 
     @njit(nogil=True, cache=cache)
     def id_range(lab):
-        """The smallest and largest id of the block, (-1, -1) without any."""
-        low, high = np.int64(-1), np.int64(-1)
+        """The smallest and largest id of the block (ids below 2**63); largest 0: none."""
+        low, high, one = np.uint64(2**64 - 1), np.uint64(0), np.uint64(1)
         for v in lab.ravel():
-            if v != 0:
-                w = np.int64(v)
-                if low < 0 or w < low:
-                    low = w
-                high = max(high, w)
-        return low, high
+            w = np.uint64(v)
+            low = min(low, w - one)  # 0 wraps to the largest value: this is the smallest id - 1
+            high = max(high, w)
+        return np.int64(low + one), np.int64(high)
 
     @njit(nogil=True, cache=cache)
-    def rows_of(lab, low, high):
-        """Each id's row (index: id - low; -1: absent), in order of first appearance, and the ids."""
-        slot = np.full(high - low + 1, -1, np.int64)
-        n = 0
-        nz, ny, nx = lab.shape
-        for z in range(nz):
-            for y in range(ny):
-                previous = lab[z, y, 0]
-                for x in range(nx):
-                    v = lab[z, y, x]
-                    if (x == 0 or v != previous) and v != 0 and slot[np.int64(v) - low] < 0:
-                        slot[np.int64(v) - low] = n
-                        n += 1
-                    previous = v
-        ids = np.zeros(n, lab.dtype)
-        for k in range(slot.shape[0]):
-            if slot[k] >= 0:
-                ids[slot[k]] = low + k
-        return slot, ids
-
-    @njit(nogil=True, cache=cache)
-    def accumulate(lab, chans, offset, low, slot, count, csum, lo, hi, isum, imin, imax):
-        """Add the block's runs to their rows (slot[id - low])."""
+    def walk(lab, chans, offset, low, slot, ids, ints, floats, n, row):
+        """Add the runs of rows `row`... (z * ny + y) to the block's rows while a whole row of
+        voxels' new ids fits; returns (rows used, the next row of voxels)."""
         nz, ny, nx = lab.shape
         n_ch = chans.shape[0]
-        ndim = csum.shape[1]
-        first = 3 - ndim  # the image's axes are the last ndim of (z, y, x)
-        for z in range(nz):
-            for y in range(ny):
-                at = (z + offset[0], y + offset[1])  # z, y in the image (2D: z is 0)
-                x = 0
-                while x < nx:
-                    v = lab[z, y, x]
-                    end = x + 1
-                    while end < nx and lab[z, y, end] == v:
-                        end += 1
-                    if v != 0:
-                        k = slot[np.int64(v) - low]
-                        length = end - x
-                        x0, x1 = x + offset[2], end - 1 + offset[2]
-                        count[k] += length
-                        for a in range(first, 2):
-                            csum[k, a - first] += length * at[a]
-                            lo[k, a - first] = min(lo[k, a - first], at[a])
-                            hi[k, a - first] = max(hi[k, a - first], at[a])
-                        csum[k, ndim - 1] += (x0 + x1) * length * 0.5  # x0 + (x0 + 1) + ... + x1
-                        lo[k, ndim - 1] = min(lo[k, ndim - 1], x0)
-                        hi[k, ndim - 1] = max(hi[k, ndim - 1], x1)
+        while row < nz * ny:
+            if n + nx > ids.shape[0]:
+                return n, row
+            z, y = row // ny, row % ny
+            zz, yy = z + offset[0], y + offset[1]
+            x = 0
+            while x < nx:
+                v = lab[z, y, x]
+                end = x + 1
+                while end < nx and lab[z, y, end] == v:
+                    end += 1
+                if v != 0:
+                    x0, x1 = x + offset[2], end - 1 + offset[2]
+                    k = slot[np.int64(v) - low]
+                    if k < 0:  # the id's first run: its row
+                        k = n
+                        slot[np.int64(v) - low] = n
+                        n += 1
+                        ids[k] = v
+                        ints[k, 0], ints[k, 1], ints[k, 2], ints[k, 3] = 0, zz, yy, x0
+                        ints[k, 4], ints[k, 5], ints[k, 6] = zz, yy, x1
+                        floats[k, :3] = 0.0
                         for c in range(n_ch):
-                            total, smallest, largest = 0.0, np.inf, -np.inf
-                            for i in range(x, end):
-                                w = np.float64(chans[c, z, y, i])
-                                total += w
-                                smallest = min(smallest, w)
-                                largest = max(largest, w)
-                            isum[k, c] += total
-                            imin[k, c] = min(imin[k, c], smallest)
-                            imax[k, c] = max(imax[k, c], largest)
-                    x = end
+                            floats[k, 3 + 3 * c], floats[k, 4 + 3 * c], floats[k, 5 + 3 * c] = 0.0, np.inf, -np.inf
+                    length = end - x
+                    ints[k, 0] += length
+                    ints[k, 2] = min(ints[k, 2], yy)  # z only grows in raster order: its first is the least
+                    ints[k, 3] = min(ints[k, 3], x0)
+                    ints[k, 4] = zz
+                    ints[k, 5] = max(ints[k, 5], yy)
+                    ints[k, 6] = max(ints[k, 6], x1)
+                    floats[k, 0] += length * zz
+                    floats[k, 1] += length * yy
+                    floats[k, 2] += (x0 + x1) * length * 0.5  # x0 + (x0 + 1) + ... + x1
+                    for c in range(n_ch):
+                        total, smallest, largest = 0.0, np.inf, -np.inf
+                        for i in range(x, end):
+                            w = np.float64(chans[c, z, y, i])
+                            total += w
+                            smallest = min(smallest, w)
+                            largest = max(largest, w)
+                        floats[k, 3 + 3 * c] += total
+                        floats[k, 4 + 3 * c] = min(floats[k, 4 + 3 * c], smallest)
+                        floats[k, 5 + 3 * c] = max(floats[k, 5 + 3 * c], largest)
+                x = end
+            row += 1
+        return n, row
 
     @njit(nogil=True, cache=cache)
-    def fold(count, csum, lo, hi, isum, imin, imax, ids, b_count, b_csum, b_lo, b_hi, b_isum, b_imin, b_imax):
-        """Add a block's rows (ids[r]'s statistics in row r) to the arrays indexed by id."""
+    def fold(count, csum, lo, hi, isum, imin, imax, ids, ints, floats):
+        """Add a block's rows to the arrays indexed by id (their last ndim axes of z, y, x)."""
+        ndim = csum.shape[1]
+        first = 3 - ndim
         for r in range(ids.shape[0]):
             k = np.int64(ids[r])
-            count[k] += b_count[r]
-            for a in range(csum.shape[1]):
-                csum[k, a] += b_csum[r, a]
-                lo[k, a] = min(lo[k, a], b_lo[r, a])
-                hi[k, a] = max(hi[k, a], b_hi[r, a])
+            count[k] += ints[r, 0]
+            for a in range(ndim):
+                csum[k, a] += floats[r, first + a]
+                lo[k, a] = min(lo[k, a], ints[r, 1 + first + a])
+                hi[k, a] = max(hi[k, a], ints[r, 4 + first + a])
             for c in range(isum.shape[1]):
-                isum[k, c] += b_isum[r, c]
-                imin[k, c] = min(imin[k, c], b_imin[r, c])
-                imax[k, c] = max(imax[k, c], b_imax[r, c])
+                isum[k, c] += floats[r, 3 + 3 * c]
+                imin[k, c] = min(imin[k, c], floats[r, 4 + 3 * c])
+                imax[k, c] = max(imax[k, c], floats[r, 5 + 3 * c])
 
-    return id_range, rows_of, accumulate, fold
+    return id_range, walk, fold
 
 
 def cache_dir() -> Path | None:
@@ -169,53 +165,59 @@ def _probe():  # a function of this file, for _cache_writable
     pass
 
 
-def _blocks3(lab, chans, offset):
-    """The block as (z, y, x), the channels as (c, z, y, x), the offset as three int64."""
+def block_rows(lab, chans, offset):
+    """(ids in order of first appearance, ints, floats) of a block: `lab` (non-negative ids),
+    `chans` (channels, *lab.shape), `offset` (its first voxel in the image, or None)."""
     import numpy as np
 
     lab3 = lab.reshape((1,) * (3 - lab.ndim) + lab.shape)
+    chans4 = chans.reshape((-1, *lab3.shape))
     offset3 = np.zeros(3, np.int64)
     if offset is not None:
         offset3[3 - lab.ndim:] = np.asarray(offset, np.int64)
-    return lab3, chans.reshape((-1, *lab3.shape)), offset3
+    return _rows3(lab3.view(lab3.dtype.str.replace("i", "u")), chans4, offset3)  # ids >= 0: unsigned alike
 
 
-def id_range(lab) -> tuple[int, int]:
-    """The block's smallest and largest id ((-1, -1): none); ids below 2**63."""
-    low, high = _compiled()[0](lab)
-    return int(low), int(high)
-
-
-def fold(arrays: dict, ids, rows: dict) -> None:
-    """Add a block's rows (block_rows) to per-id arrays (each id below len(arrays["count"]))."""
-    _compiled()[3](*(arrays[k] for k in FIELDS), ids, *(rows[k] for k in FIELDS))
-
-
-def block_rows(lab, chans, offset, empty, ordered: bool = True):
-    """(ids, arrays with one row per id) of a block, in increasing id order if `ordered`, else in
-    order of first appearance; `empty(n)`: arrays of n rows holding each statistic's starting
-    value."""
+def _rows3(lab3, chans4, offset3):
     import numpy as np
 
-    lab3, chans4, offset3 = _blocks3(lab, chans, offset)
+    id_range, walk, _ = _compiled()
     huge = lab3.dtype == np.uint64 and lab3.size and lab3.max() >= 2**63  # beyond the pass's int64
     low, high = (0, 2**63) if huge else id_range(lab3)
-    if high < 0:
-        return lab3.reshape(-1)[:0], empty(0)
+    n_floats = 3 + 3 * chans4.shape[0]
+    if high == 0:
+        return lab3.reshape(-1)[:0], np.zeros((0, 7), np.int64), np.zeros((0, n_floats))
     if high - low + 1 > DENSE_SPAN * lab3.size + 4096:  # ids far apart: made consecutive first
         distinct, compact = np.unique(lab3, return_inverse=True)
-        compact = compact.reshape(lab3.shape) + (0 if distinct[0] == 0 else 1)
+        compact = compact.reshape(lab3.shape).astype(np.uint64) + np.uint64(distinct[0] != 0)
         table = distinct if distinct[0] == 0 else np.concatenate([np.zeros(1, distinct.dtype), distinct])
-        ids, arrays = block_rows(compact, chans4, offset3, empty, ordered)
-        return table[ids], arrays
-    _, rows_of, accumulate, _ = _compiled()
-    slot, ids = rows_of(lab3, low, high)
-    arrays = empty(len(ids))
-    accumulate(lab3, chans4, offset3, low, slot, *(arrays[k] for k in FIELDS))
-    if not ordered:
-        return ids, arrays
+        ids, ints, floats = _rows3(compact, chans4, offset3)
+        return table[ids], ints, floats
+    slot = np.full(high - low + 1, -1, np.int32)
+    size = max(ROWS, lab3.shape[2])
+    ids, ints, floats = np.empty(size, lab3.dtype), np.empty((size, 7), np.int64), np.empty((size, n_floats))
+    n, row = walk(lab3, chans4, offset3, low, slot, ids, ints, floats, 0, 0)
+    while row < lab3.shape[0] * lab3.shape[1]:  # more objects than rows: twice the rows, go on
+        ids, ints, floats = (np.concatenate([a, np.empty_like(a)]) for a in (ids, ints, floats))
+        n, row = walk(lab3, chans4, offset3, low, slot, ids, ints, floats, n, row)
+    return ids[:n], ints[:n], floats[:n]
+
+
+def fold(arrays: dict, ids, ints, floats) -> None:
+    """Add a block's rows to the whole table's arrays indexed by id (each id below their length)."""
+    _compiled()[2](*(arrays[k] for k in FIELDS), ids, ints, floats)
+
+
+def table(ids, ints, floats, ndim: int) -> tuple:
+    """A block's rows as (sorted ids, {count, csum, lo, hi, isum, imin, imax}) of `ndim` axes."""
+    import numpy as np
+
     order = np.argsort(ids)
-    return ids[order], {k: v[order] for k, v in arrays.items()}
+    ids, ints, floats = ids[order], ints[order], floats[order]
+    axes = slice(3 - ndim, 3)
+    return ids, {"count": ints[:, 0].copy(), "csum": floats[:, :3][:, axes].copy(),
+                 "lo": ints[:, 1:4][:, axes].astype(np.int32), "hi": ints[:, 4:7][:, axes].astype(np.int32),
+                 "isum": floats[:, 3::3].copy(), "imin": floats[:, 4::3].copy(), "imax": floats[:, 5::3].copy()}
 
 
 def warm() -> None:
@@ -224,9 +226,8 @@ def warm() -> None:
     only load it: `aiod env build` calls this once per environment."""
     import numpy as np
 
-    from .measure import _empty
-
     for labels, image in ((np.uint32, np.uint8), (np.uint32, np.uint16), (np.uint32, np.float32), (np.uint64, np.uint8)):
-        lab, chans = np.ones((2, 2), labels), np.zeros((1, 2, 2), image)
-        ids, rows = block_rows(lab, chans, (0, 0), lambda n: _empty(2, 1, n))
-        fold(_empty(2, 1, 2), ids, rows)
+        rows = block_rows(np.ones((2, 2), labels), np.zeros((1, 2, 2), image), None)
+        arrays = {"count": np.zeros(2, np.int64), "csum": np.zeros((2, 2)), "lo": np.zeros((2, 2), np.int32),
+                  "hi": np.zeros((2, 2), np.int32), "isum": np.zeros((2, 1)), "imin": np.zeros((2, 1)), "imax": np.zeros((2, 1))}
+        fold(arrays, *rows)  # arrays as aiod.measure._empty makes them

@@ -8,10 +8,10 @@ minimum or a maximum, so the blocks' partial rows add up to the whole-image ones
 
 Per block, one compiled pass (aiod.block_pass, numba) walks the runs of equal labels along the
 last axis: a run's voxel count, coordinate sums and first/last voxel follow from its start and
-length, its intensity sum/min/max from its voxels. Every voxel is read about three times, in
-compiled loops, never sorted; the result is a block table keyed by global id.
+length, its intensity sum/min/max from its voxels. The block's objects get rows of their own
+(block_pass.block_rows), which a compiled fold adds into the whole table's.
 
-The block tables are combined into per-object arrays indexed by id (grown as larger ids
+The blocks' rows are combined into per-object arrays indexed by id (grown as larger ids
 appear) while ids stay dense, as AIoD's masks are (1..N): 8 * (1 + 2 * ndim + 3 * channels)
 bytes per object. Sparse ids (a mask from elsewhere, ids up to 2**64 - 1) switch to sorted
 tables merged in pairs of like size (`_push`), as the evaluation's contingency is: the same
@@ -99,8 +99,7 @@ def block_table(labels: np.ndarray, image: np.ndarray | None = None, offset=None
     from . import block_pass
 
     lab = np.ascontiguousarray(labels)
-    chans = _channels(lab, image)
-    return block_pass.block_rows(lab, chans, offset, lambda n: _empty(lab.ndim, len(chans), n))
+    return block_pass.table(*block_pass.block_rows(lab, _channels(lab, image), offset), lab.ndim)
 
 
 class ObjectStats:
@@ -157,15 +156,15 @@ class ObjectStats:
 
         lab = np.ascontiguousarray(labels)
         chans = _channels(lab, image)
-        ids, rows = block_pass.block_rows(lab, chans, offset, lambda n: _empty(self.ndim, self.n_channels, n), ordered=False)
+        rows = block_pass.block_rows(lab, chans, offset)  # ids, ints, floats
         with self._lock:
             if labels.dtype == np.uint64:
                 self._id_dtype = np.dtype(np.uint64)
-            self._combine(ids, rows)
+            self._combine(*rows)
 
-    def _combine(self, ids: np.ndarray, rows: dict) -> None:
-        """Add a block's rows (ids in any order): into the arrays indexed by id while ids stay
-        dense, else as a sorted table."""
+    def _combine(self, ids: np.ndarray, ints: np.ndarray, floats: np.ndarray) -> None:
+        """Add a block's rows (block_pass.block_rows): into the arrays indexed by id while ids
+        stay dense, else as a sorted table."""
         import numpy as np
 
         from . import block_pass
@@ -179,10 +178,9 @@ class ObjectStats:
                 else:
                     self._grow(max(top + 1, int(capacity * GROWTH)))
         if self._dense is not None:
-            block_pass.fold(self._dense, ids, rows)
+            block_pass.fold(self._dense, ids, ints, floats)
             return
-        order = np.argsort(ids)
-        self._push(ids[order], {k: v[order] for k, v in rows.items()})
+        self._push(*block_pass.table(ids, ints, floats, self.ndim))
         objects = max(len(t) for t, _ in self._parts)  # at least this many objects
         top = max(int(t[-1]) for t, _ in self._parts if t.size) if objects else 0
         if self._dense_enough(top, objects):  # the ids filled in as the scan went on: dense again
@@ -191,11 +189,10 @@ class ObjectStats:
     def _grow(self, capacity: int) -> None:
         import numpy as np
 
-        for name, arr in self._dense.items():
-            grown = np.empty((capacity, *arr.shape[1:]), dtype=arr.dtype)
-            grown[: len(arr)] = arr
-            grown[len(arr):] = FIELDS[name][1]
-            self._dense[name] = grown
+        for name, arr in self._dense.items():  # realloc: large arrays are remapped, not copied
+            seen = len(arr)
+            arr.resize((capacity, *arr.shape[1:]), refcheck=False)  # only self._dense holds them
+            arr[seen:] = FIELDS[name][1]
 
     @staticmethod
     def _dense_enough(top: int, objects: int) -> bool:
