@@ -187,8 +187,6 @@ class ObjectStats:
             self._to_dense(top)
 
     def _grow(self, capacity: int) -> None:
-        import numpy as np
-
         for name, arr in self._dense.items():  # realloc: large arrays are remapped, not copied
             seen = len(arr)
             arr.resize((capacity, *arr.shape[1:]), refcheck=False)  # only self._dense holds them
