@@ -113,6 +113,18 @@ def test_sparse_ids_far_apart_give_the_same_rows(dtype, base):
     assert_equals_regionprops(table, labels, image, ids=ids)
 
 
+@pytest.mark.parametrize("label_dtype,image_dtype", [(">u4", ">u2"), ("<i4", "float16"), ("u2", ">f8"), ("u1", "bool")])
+def test_labels_and_images_of_any_byte_order_and_float_width_give_the_table_of_native_ones(label_dtype, image_dtype):
+    labels = blobs((12, 20, 24), seed=9)
+    labels = (labels % 250).astype(label_dtype)  # the blobs renumbered under 250 for uint8 (some merge: fine)
+    image = (channels(labels.shape, 1) % 2048).astype(image_dtype)  # exact in float16
+    native = chunked(labels.astype(labels.dtype.newbyteorder("=")), image.astype(np.float64), (6, 10, 12), "ZYX").columns
+    table = chunked(labels, image, (6, 10, 12), "ZYX").columns
+    assert list(table) == list(native) and len(table["id"]) >= 5
+    for k in native:
+        np.testing.assert_array_equal(table[k], native[k])
+
+
 def test_ids_that_turn_sparse_half_way_keep_the_rows_seen_before():
     labels = blobs((24, 30, 36), seed=7)
     n = int(labels.max())

@@ -170,6 +170,12 @@ def block_rows(lab, chans, offset):
     `chans` (channels, *lab.shape), `offset` (its first voxel in the image, or None)."""
     import numpy as np
 
+    if not lab.dtype.isnative:  # numba takes native byte order only (a zarr v2 array may be '>u4')
+        lab = lab.astype(lab.dtype.newbyteorder("="))
+    if chans.dtype == np.float16:  # nor half floats
+        chans = chans.astype(np.float32)
+    elif not chans.dtype.isnative:
+        chans = chans.astype(chans.dtype.newbyteorder("="))
     lab3 = lab.reshape((1,) * (3 - lab.ndim) + lab.shape)
     chans4 = chans.reshape((-1, *lab3.shape))
     offset3 = np.zeros(3, np.int64)
