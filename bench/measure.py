@@ -10,16 +10,19 @@ image of the same shape (a brightness per cell plus a ramp). Then, each in its o
 (peak RSS = VmHWM of that process, wall time of the work only):
 
 - python:   the interpreter with numpy, zarr, pyarrow and aiod imported, nothing done;
-- read:     every block of the mask and the image read once, in the blocks and threads that
-            `measure_result` uses (the floor);
+- read-mask: every block of the mask read once, in the blocks and threads that `measure_result`
+            uses, with its malloc settings (the floor of `labels`);
+- read:     the same for the mask and the image (the floor of `measure`);
 - labels:   the object table without intensities (`measure_result(mask)`);
 - measure:  the object table with the image's intensities (`table_s`), then write_tables
             (Parquet + CSV, `write_s`);
 - dask-image: if dask_image can be imported, `dask_image.ndmeasure` for the same columns
             (count, center of mass, extrema, mean) on the same arrays, with the ids as index.
 
-Printed: wall time and peak memory of each, the ratio to the read, and the memory above the
-read per object. Target (issue 15): time <= 2x the read, memory <= one chunk + 200 bytes per object.
+Each is run --repeat times, interleaved; printed is the run of median wall time: wall time and
+peak memory, the ratio to its floor (`labels` to read-mask, the others to read; the table's own
+time `table_s` to read is in the note below), and the memory above the read per object (this
+machine's first touch of fresh memory is slow and varies from run to run: hence the repeats). Target (issue 15): time <= 2x the read, memory <= one chunk + 200 bytes per object.
 """
 
 from __future__ import annotations
@@ -91,17 +94,19 @@ def do_python(workdir: Path):
     import pyarrow  # noqa: F401  (what `measure` imports to write)
 
 
-def do_read(workdir: Path):
-    """Every block of both arrays read once: measure_result's blocks, threads and reader."""
+def do_read(workdir: Path, with_image: bool = True):
+    """Every block of the mask (and the image) read once: measure_result's blocks, threads,
+    reader and malloc settings."""
     from aiod.imageio import open_image
     from aiod.boxes import SLAB_VOXELS, pieces
 
     mask, image = _paths(workdir)
+    merge.bound_malloc()  # as the table's runs do
     labels, chunks = measure._open_mask(mask, None)
-    img = open_image(image)
+    img = open_image(image) if with_image else None
     boxes = pieces(tuple((0, n) for n in labels.spatial_shape), chunks, (0, 0, 0), SLAB_VOXELS)
     with ThreadPoolExecutor(min(2, os.cpu_count() or 1)) as pool:
-        voxels = sum(pool.map(lambda box: labels.read(box).size + img.read(box).size, boxes))
+        voxels = sum(pool.map(lambda box: labels.read(box).size + (img.read(box).size if img else 0), boxes))
     return {"voxels_read": int(voxels)}
 
 
@@ -120,7 +125,7 @@ def do_measure(workdir: Path):
     started = time.perf_counter()
     measure.write_tables(table, workdir / "objects")
     c = table.columns
-    return {"objects": len(table), "table_s": round(table_s, 1), "write_s": round(time.perf_counter() - started, 1),
+    return {"objects": len(table), "table_s": round(table_s, 2), "write_s": round(time.perf_counter() - started, 2),
             "largest": int(c["voxels"].max()), "mean_intensity_c0": round(float(c["mean_intensity_c0"].mean()), 3)}
 
 
@@ -137,13 +142,19 @@ def do_dask_image(workdir: Path):
     return {"objects": len(out[0])}
 
 
-WORK = {"python": do_python, "read": do_read, "labels": do_labels, "measure": do_measure, "dask-image": do_dask_image}
+WORK = {"python": do_python, "read-mask": lambda w: do_read(w, False), "read": do_read, "labels": do_labels, "measure": do_measure, "dask-image": do_dask_image}
 
 
 def child(what: str, workdir: Path) -> None:
     started = time.perf_counter()
     extra = WORK[what](workdir)
     print(json.dumps({"wall_s": time.perf_counter() - started, "peak_rss": bench_merge.peak_rss(), "extra": extra}))
+
+
+def _median(done: list) -> dict:
+    """The run of median wall time (an error if any run failed)."""
+    failed = [d for d in done if "error" in d]
+    return failed[0] if failed else sorted(done, key=lambda d: d["wall_s"])[len(done) // 2]
 
 
 def run(what: str, workdir: Path, timeout: float) -> dict:
@@ -162,6 +173,7 @@ def main() -> int:
     p.add_argument("--sizes", nargs="*", default=["512,1024,1024"], help="volume shapes Z,Y,X")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/aiod-bench-measure"))
     p.add_argument("--dask-timeout", type=float, default=1800, help="seconds dask-image may take before it is stopped")
+    p.add_argument("--repeat", type=int, default=3, help="runs of each, interleaved; the median is printed")
     p.add_argument("--child", choices=sorted(WORK), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
@@ -175,19 +187,28 @@ def main() -> int:
         workdir = a.workdir / "x".join(map(str, shape))
         info = generate(workdir, shape)
         print(f"# {size}: generated in {info['generate_seconds']:.0f} s", file=sys.stderr)
-        res = {w: run(w, workdir, a.dask_timeout) for w in ("python", "read", "labels", "measure")}
+        runs = {w: [] for w in ("python", "read-mask", "read", "labels", "measure")}
+        for _ in range(a.repeat):
+            for what, done in runs.items():
+                done.append(run(what, workdir, a.dask_timeout))
+        res = {w: _median(done) for w, done in runs.items()}
         if have_dask:
             res["dask-image"] = run("dask-image", workdir, a.dask_timeout)
         n = res["measure"].get("extra", {}).get("objects", 0)
-        read = res["read"]
         for what, r in res.items():
             if "error" in r:
                 print(f"{'x'.join(map(str, shape)):>14} {'':>5} {what:>10} failed: {r['error']}")
                 continue
-            ratio = r["wall_s"] / read["wall_s"] if "wall_s" in read else float("nan")
-            per = (r["peak_rss"] - read.get("peak_rss", 0)) / n if n and what not in ("python", "read") else float("nan")
+            floor = res["read-mask" if what == "labels" else "read"]
+            ratio = r["wall_s"] / floor["wall_s"] if "wall_s" in floor else float("nan")
+            per = (r["peak_rss"] - floor.get("peak_rss", 0)) / n if n and what not in ("python", "read", "read-mask") else float("nan")
             print(f"{'x'.join(map(str, shape)):>14} {4 * np.prod(shape) / 2 ** 30:5.2f} {what:>10} {r['wall_s']:7.1f} {ratio:6.2f} "
                   f"{r['peak_rss'] / mib:9.0f} {per:19.0f}  {r['extra']}")
+            if len(runs.get(what, [])) > 1:
+                walls = " ".join(f"{d['wall_s']:.1f}" if "wall_s" in d else "x" for d in runs[what])
+                print(f"{'':>14} {'':>5} {'':>10} runs: {walls}")
+        if "table_s" in res["measure"].get("extra", {}) and "wall_s" in res["read"]:
+            print(f"{'':>14} table with intensities (table_s) / read: {res['measure']['extra']['table_s'] / res['read']['wall_s']:.2f}")
     print(f"one chunk: {4 * np.prod(CHUNKS) / mib:.0f} MiB of uint32 labels + {2 * np.prod(CHUNKS) / mib:.0f} MiB of uint16 image")
     return 0
 

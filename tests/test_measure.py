@@ -113,6 +113,22 @@ def test_sparse_ids_far_apart_give_the_same_rows(dtype, base):
     assert_equals_regionprops(table, labels, image, ids=ids)
 
 
+@pytest.mark.parametrize("first,table_grows", [(1, False), (70_000, True), (10_000_000, False)])
+def test_ids_in_reach_of_the_threads_slot_table_or_beyond_it_give_the_same_rows(monkeypatch, first, table_grows):
+    """Ids 1..n use the thread's slot table as it is; ids past it but within its reach (2 per
+    voxel of a 32³ block, + 65536) make it grow; ids beyond its reach get a table per block."""
+    import threading
+
+    monkeypatch.setattr(block_pass, "_local", threading.local())
+    labels = blobs((32, 64, 64), seed=8)
+    ids = np.concatenate([[0], np.arange(first, first + labels.max(), dtype=np.uint32)])
+    image = channels(labels.shape, 1)
+    table = chunked(ids[labels], image, (32, 32, 32), "ZYX")
+    assert_equals_regionprops(table, labels, image, ids=ids)
+    assert (len(block_pass._local.slot) > block_pass.SLOTS) == table_grows
+    assert np.all(block_pass._local.slot == -1)  # every entry a block used is reset
+
+
 @pytest.mark.parametrize("label_dtype,image_dtype", [(">u4", ">u2"), ("<i4", "float16"), ("u2", ">f8"), ("u1", "bool")])
 def test_labels_and_images_of_any_byte_order_and_float_width_give_the_table_of_native_ones(label_dtype, image_dtype):
     labels = blobs((12, 20, 24), seed=9)

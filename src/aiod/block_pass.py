@@ -2,14 +2,20 @@
 (aiod.measure, docs/measure.md).
 
 The pass walks the block in raster order, one run of equal labels along the last axis at a
-time. The first run of an id gives it a row of the block's own (through a table indexed by
-id - the block's smallest id); every run adds its length, its coordinate sums and its
-first/last voxel to its row, and with an image its voxels' sum, minimum and maximum per
-channel. A block's rows are few (one per object in it) and packed in two arrays, so that the
-pass stays in the CPU's cache; `fold` then adds them to the whole table's arrays indexed by id,
-or `table` turns them into a sorted table (ids far apart, from elsewhere). Every voxel is read
-twice (smallest/largest id, then the pass) in compiled loops; the numpy version this replaces
-walked the runs about thirty times (bench/measure.py).
+time. The first run of an id gives it a row of the block's own, through a slot table indexed by
+id; every run adds its length, its coordinate sums and its first/last voxel to its row, and with
+an image its voxels' sum, minimum and maximum per channel. A block's rows are few (one per
+object in it) and packed in two arrays, so that the pass stays in the CPU's cache; `fold` then
+adds them to the whole table's arrays indexed by id, or `table` turns them into a sorted table
+(ids far apart, from elsewhere). Every voxel is read once, in a compiled loop; the numpy version
+this replaces walked the runs about thirty times (bench/measure.py).
+
+Each thread keeps one slot table (int32) across blocks and resets the entries a block used: no
+allocation and no pass over the block to find its ids' range. It grows as larger ids appear, up
+to SLOTS_PER_VOXEL entries per voxel of the block (+ SLOTS; 17 MB for a 128³ block); a block with
+larger ids gets a slot table of its own from its smallest to its largest id (one more compiled
+pass finds them), and one whose ids lie further apart than DENSE_SPAN per voxel is made
+consecutive with np.unique first.
 
 A block's rows: `ids`; `ints` (n, 7): voxels, first voxel (z, y, x), last voxel (z, y, x);
 `floats` (n, 3 + 3 * channels): coordinate sums (z, y, x), then per channel the intensity sum,
@@ -29,10 +35,13 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import threading
 from functools import lru_cache
 from pathlib import Path
 
 DENSE_SPAN = 4  # a block's ids may span this many times its voxels (+ 4096) before np.unique compacts them
+SLOTS = 1 << 16  # entries a thread's slot table starts with (int32; it grows up to
+SLOTS_PER_VOXEL = 2  # this many per voxel of the block, + SLOTS; ids beyond: a table per block)
 ROWS = 8192  # rows a block starts with (doubled while a row of voxels could overflow them)
 FIELDS = ("count", "csum", "lo", "hi", "isum", "imin", "imax")  # the whole table's arrays (aiod.measure._empty)
 
@@ -50,19 +59,22 @@ def _compiled():
     cache = _cache_writable()
 
     @njit(nogil=True, cache=cache)
-    def id_range(lab):
-        """The smallest and largest id of the block (ids below 2**63); largest 0: none."""
-        low, high, one = np.uint64(2**64 - 1), np.uint64(0), np.uint64(1)
-        for v in lab.ravel():
-            w = np.uint64(v)
-            low = min(low, w - one)  # 0 wraps to the largest value: this is the smallest id - 1
-            high = max(high, w)
-        return np.int64(low + one), np.int64(high)
+    def id_range(lab, one):
+        """The smallest and largest id of the block (ids below 2**63); largest 0: none. `one` is 1
+        in the labels' own unsigned type, so that the loop stays in it (and vectorises)."""
+        flat = lab.ravel()
+        low, high = flat[0] - one, flat[0]
+        for i in range(flat.size):
+            v = flat[i]
+            low = min(low, v - one)  # 0 wraps to the largest value: this is the smallest id - 1
+            high = max(high, v)
+        return np.int64(low) + 1, np.int64(high)
 
     @njit(nogil=True, cache=cache)
     def walk(lab, chans, offset, low, slot, ids, ints, floats, n, row):
         """Add the runs of rows `row`... (z * ny + y) to the block's rows while a whole row of
-        voxels' new ids fits; returns (rows used, the next row of voxels)."""
+        voxels' new ids fits; returns (rows used, the next row of voxels), or (rows used, -1) at
+        the first id that `slot` (indexed by id - low) does not reach."""
         nz, ny, nx = lab.shape
         n_ch = chans.shape[0]
         while row < nz * ny:
@@ -78,10 +90,13 @@ def _compiled():
                     end += 1
                 if v != 0:
                     x0, x1 = x + offset[2], end - 1 + offset[2]
-                    k = slot[np.int64(v) - low]
+                    at = np.int64(v) - low
+                    if at < 0 or at >= slot.shape[0]:
+                        return n, -1
+                    k = slot[at]
                     if k < 0:  # the id's first run: its row
                         k = n
-                        slot[np.int64(v) - low] = n
+                        slot[at] = n
                         n += 1
                         ids[k] = v
                         ints[k, 0], ints[k, 1], ints[k, 2], ints[k, 3] = 0, zz, yy, x0
@@ -184,29 +199,52 @@ def block_rows(lab, chans, offset):
     return _rows3(lab3.view(lab3.dtype.str.replace("i", "u")), chans4, offset3)  # ids >= 0: unsigned alike
 
 
+_local = threading.local()  # each thread's slot table, indexed by id (reset after every block)
+
+
 def _rows3(lab3, chans4, offset3):
     import numpy as np
 
-    id_range, walk, _ = _compiled()
+    id_range = _compiled()[0]
     huge = lab3.dtype == np.uint64 and lab3.size and lab3.max() >= 2**63  # beyond the pass's int64
-    low, high = (0, 2**63) if huge else id_range(lab3)
     n_floats = 3 + 3 * chans4.shape[0]
+    cap = SLOTS_PER_VOXEL * lab3.size + SLOTS  # the most a thread's slot table grows to
+    if not huge:
+        slot = getattr(_local, "slot", None)
+        if slot is None:
+            slot = _local.slot = np.full(SLOTS, -1, np.int32)
+        rows = _walk(lab3, chans4, offset3, 0, slot, n_floats)
+        if rows is not None:  # no id beyond the thread's table: no range to find first
+            return rows
+    low, high = (0, 2**63) if huge else id_range(lab3, lab3.dtype.type(1))
     if high == 0:
         return lab3.reshape(-1)[:0], np.zeros((0, 7), np.int64), np.zeros((0, n_floats))
+    if high < cap:  # the thread's table grows to reach these ids
+        _local.slot = np.full(min(cap, max(high + 1, 2 * len(_local.slot))), -1, np.int32)
+        return _walk(lab3, chans4, offset3, 0, _local.slot, n_floats)
     if high - low + 1 > DENSE_SPAN * lab3.size + 4096:  # ids far apart: made consecutive first
         distinct, compact = np.unique(lab3, return_inverse=True)
         compact = compact.reshape(lab3.shape).astype(np.uint64) + np.uint64(distinct[0] != 0)
         table = distinct if distinct[0] == 0 else np.concatenate([np.zeros(1, distinct.dtype), distinct])
         ids, ints, floats = _rows3(compact, chans4, offset3)
         return table[ids], ints, floats
-    slot = np.full(high - low + 1, -1, np.int32)
+    return _walk(lab3, chans4, offset3, low, np.full(high - low + 1, -1, np.int32), n_floats)  # this block's ids only
+
+
+def _walk(lab3, chans4, offset3, low, slot, n_floats):
+    """The block's rows through `slot` (indexed by id - low, all -1; left so), or None if an
+    id falls outside it."""
+    import numpy as np
+
+    walk = _compiled()[1]
     size = max(ROWS, lab3.shape[2])
     ids, ints, floats = np.empty(size, lab3.dtype), np.empty((size, 7), np.int64), np.empty((size, n_floats))
     n, row = walk(lab3, chans4, offset3, low, slot, ids, ints, floats, 0, 0)
-    while row < lab3.shape[0] * lab3.shape[1]:  # more objects than rows: twice the rows, go on
+    while 0 <= row < lab3.shape[0] * lab3.shape[1]:  # more objects than rows: twice the rows, go on
         ids, ints, floats = (np.concatenate([a, np.empty_like(a)]) for a in (ids, ints, floats))
         n, row = walk(lab3, chans4, offset3, low, slot, ids, ints, floats, n, row)
-    return ids[:n], ints[:n], floats[:n]
+    slot[ids[:n].astype(np.int64) - low] = -1
+    return None if row < 0 else (ids[:n], ints[:n], floats[:n])
 
 
 def fold(arrays: dict, ids, ints, floats) -> None:
@@ -233,7 +271,10 @@ def warm() -> None:
     import numpy as np
 
     for labels, image in ((np.uint32, np.uint8), (np.uint32, np.uint16), (np.uint32, np.float32), (np.uint64, np.uint8)):
-        rows = block_rows(np.ones((2, 2), labels), np.zeros((1, 2, 2), image), None)
-        arrays = {"count": np.zeros(2, np.int64), "csum": np.zeros((2, 2)), "lo": np.zeros((2, 2), np.int32),
-                  "hi": np.zeros((2, 2), np.int32), "isum": np.zeros((2, 1)), "imin": np.zeros((2, 1)), "imax": np.zeros((2, 1))}
+        lab = np.array([[1, 1], [1, 1 << 20]], labels)  # 2**20: beyond the slot table, so id_range too
+        rows = block_rows(lab, np.zeros((1, 2, 2), image), None)
+        size = (1 << 20) + 1
+        arrays = {"count": np.zeros(size, np.int64), "csum": np.zeros((size, 2)), "lo": np.zeros((size, 2), np.int32),
+                  "hi": np.zeros((size, 2), np.int32), "isum": np.zeros((size, 1)), "imin": np.zeros((size, 1)),
+                  "imax": np.zeros((size, 1))}
         fold(arrays, *rows)  # arrays as aiod.measure._empty makes them
