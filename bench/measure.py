@@ -122,10 +122,11 @@ def do_measure(workdir: Path):
     started = time.perf_counter()
     table = measure.measure_result(mask, image)
     table_s = time.perf_counter() - started  # numba's import and load included, as in the labels row
+    table_mib = bench_merge.peak_rss() / 2**20  # the peak before the files are written
     started = time.perf_counter()
     measure.write_tables(table, workdir / "objects")
     c = table.columns
-    return {"objects": len(table), "table_s": round(table_s, 2), "write_s": round(time.perf_counter() - started, 2),
+    return {"objects": len(table), "table_s": round(table_s, 2), "table_peak_mib": round(table_mib), "write_s": round(time.perf_counter() - started, 2),
             "largest": int(c["voxels"].max()), "mean_intensity_c0": round(float(c["mean_intensity_c0"].mean()), 3)}
 
 
