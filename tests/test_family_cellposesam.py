@@ -5,9 +5,11 @@ what would make cellpose download or label 3D slices on their own. The family te
 random-weight CPSAM network (tests/families/build_cellposesam.py: SAM's ViT-L at random, saved
 with the network's own save_model as the one-file `cpsam` artifact) on the CPU, at the default
 precision `auto` (fp32 on a CPU without native bf16, as CI's: there a 128x128 image took 45 s
-in fp32, on a loaded machine, and 215 s in emulated bf16). The ViT-L is slow there, so the images are small: a 128x128 image (twice:
-determinism), an 80x128 substack-sized box and a 4x96x96 volume per slice with stitching (do_3D
-would run the network on every xz and yz plane: minutes). Random weights say nothing about
+in fp32, on a loaded machine, and 215 s in emulated bf16; 2 s in bf16 on a CPU with AMX). The
+ViT-L is slow there, so the images are small: a 128x128 image (twice: determinism, and once more
+as the box the planner gives it), a 4x96x96 volume per slice with stitching (do_3D would run the
+network on every xz and yz plane: minutes), and real nuclei of 240x672 split in two (seven
+256-px tiles in all). Random weights say nothing about
 accuracy: the tests check shapes, uint32 ids 1..n, determinism, ids stitched through z, that the
 image-wide scaling is the same for every box, and that nothing is written into $HOME or the
 artifact's folder and nothing downloaded.
@@ -24,15 +26,18 @@ import tifffile
 from aiod.imageio import open_image
 from aiod.models import cellposesam, runtime
 from family_artifacts import assert_adapter_contract, built_artifact, family_images, family_run  # noqa: F401
+from family_envs import nuclei_data, split_vs_whole  # noqa: F401
 
 # the random readout's flows are not those of its masks: cellpose's flow-error check would drop
 # every mask, so it is off (flow_threshold 0); 3D per slice, stitched
 PARAMS = {"flow_threshold": 0.0, "do_3D": False, "stitch_threshold": 0.25}
 
 
-@pytest.mark.parametrize("diameter, halo", [(None, 128), (30.0, 128), (60.0, 256), (15.0, 64)])
-def test_cellposesam_halo_is_half_a_network_tile_at_the_image_scale(diameter, halo):
+@pytest.mark.parametrize("diameter, halo", [(None, 320), (30.0, 320), (60.0, 638), (15.0, 161)])
+def test_cellposesam_halo_is_one_network_tile_and_two_diameters_at_the_image_scale(diameter, halo):
+    # 256 px of the resized image (256 x diameter / 30 image px), + the resizes' pixels, + 2 diameters
     assert cellposesam.min_halo(None, {}, SimpleNamespace(diameter=diameter)) == halo
+    assert cellposesam.align(None, {}, SimpleNamespace(diameter=diameter)) == 1
 
 
 def test_cellposesam_channels_are_scaled_with_their_own_image_wide_percentiles():
@@ -81,14 +86,16 @@ def cellposesam_run(built_artifact, tmp_path_factory):  # noqa: F811
     work = tmp_path_factory.mktemp("cellposesam")
     images = family_images(work / "images")
     cases = [{"name": "image", "image": images["2d"], "repeat": 2},
-             {"name": "top", "image": images["2d"], "box": [[0, 80], [0, 128]]},
+             # the box the planner gives an image that fits in one 256-px tile: all of it (a
+             # smaller box would hold no whole tile; boxes of part of an image: the split test)
+             {"name": "top", "image": images["2d"], "box": [[0, 128], [0, 128]]},
              {"name": "volume", "image": images["3d"]}]
     return family_run(built_artifact("cellposesam"), work / "run", cases, PARAMS)
 
 
 @pytest.mark.families
 def test_cellposesam_keeps_the_adapter_contract(cellposesam_run):
-    assert_adapter_contract(cellposesam_run, "top", (80, 128), (4, 96, 96))  # the volume: per slice, stitched
+    assert_adapter_contract(cellposesam_run, "top", (128, 128), (4, 96, 96))  # the volume: per slice, stitched
 
 
 @pytest.mark.families
@@ -112,3 +119,18 @@ def test_cellposesam_precision_choice(monkeypatch):
     assert cellposesam.use_bf16("bf16", cpu) and not cellposesam.use_bf16("fp32", gpu)
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
     assert cellposesam.use_bf16("auto", cpu)
+
+
+@pytest.mark.families
+def test_cellposesam_split_in_two_gives_the_whole_image_objects(built_artifact, nuclei_data, tmp_path):  # noqa: F811
+    # real nuclei, 240x672: the whole image is three 256-px tiles of the random-weight ViT-L; split
+    # 1x2 (halo 320) each box holds two of them and the second box starts at X 16, on no tile's
+    # start: cellpose 4's own eval would tile each box from its own first pixel
+    built = built_artifact("cellposesam")
+    image = tmp_path / "nuclei_240x672.tif"
+    tifffile.imwrite(image, np.tile(tifffile.imread(nuclei_data / "nuclei_2d.tif"), (1, 2))[:240, :672])
+    run = split_vs_whole("cellposesam", built["version"], built["artifact"], image, (1, 2), tmp_path / "run",
+                         params=PARAMS)
+    assert run["starts"] == [[0, 0], [0, 16]], run
+    assert run["whole_objects"] > 20, run
+    assert run["aligned"]["same"] and run["aligned"]["f1"] == 1.0, run

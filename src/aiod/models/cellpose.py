@@ -20,7 +20,8 @@ No per-object scores (cellpose has none). GPU when the task has one (runtime.tor
 
 A box gives exactly the whole image's objects: the adapter resizes and tiles on the image's grid
 (models/anchored.py) and runs cellpose's own network and dynamics, with the two rules cellpose
-applies to its whole input made to depend on the image or the object instead (docs/merge.md).
+applies to its whole input made to depend on the image or the object instead (models/flowmasks.py,
+shared with cellposesam; docs/merge.md).
 `segment_library` is cellpose's own `eval`, kept for the benchmark of split against whole.
 """
 
@@ -58,22 +59,19 @@ DEFAULT_DIAMETER = 30.0  # cellpose's diam_mean for cyto models
 
 
 # The network's tiles: cellpose's 224 px, every 192 px (cellpose spreads them by at least 10%
-# overlap), from 8 px before the image (cellpose pads its input by 8 px) to 8 px after it.
-TILE, STEP, MARGIN = 224, 192, 8
-BACKGROUND = (0.0, 0.0, -1e4)  # flows and cell probability where no tile reached (the halo)
+# overlap), from 8 px before the image (cellpose pads its input by 8 px) to 8 px after it; a short
+# axis gets a tile of its length and margins, up to a multiple of 16 (the U-Net's stride).
+TILE, STEP, MARGIN, MULTIPLE = 224, 192, 8, 16
 
 
 def min_halo(artifact: Path | None, config: dict, params) -> int:
-    """What a box must hold around its core for its objects to come out as in the whole image:
-    one network tile (224 px of the resized image, 224 x diameter / diam_mean image pixels), so
-    that every tile reaching the core is evaluated whole, plus two object diameters, as cellpose's
-    own distributed segmentation overlaps its blocks (the flows of a cell and the paths its pixels
-    follow stay within that distance), plus the pixels of the two linear resizes."""
-    from .anchored import covered
+    """One network tile in image pixels (224 x diameter / diam_mean), plus two object diameters,
+    plus the resizes' pixels (flowmasks.halo)."""
+    from .flowmasks import halo
 
     diam_mean, diam_labels = _diameters(artifact, config)
     diameter = float(params.diameter or diam_labels)
-    return covered(diam_mean / diameter, TILE) + int(np.ceil(2 * diameter))
+    return halo(_network(None), diam_mean / diameter, diameter)
 
 
 def align(artifact: Path | None, config: dict, params) -> int:
@@ -135,26 +133,28 @@ def _network_input(array: np.ndarray, prepared: dict) -> np.ndarray:
 
 
 def segment(model, array: np.ndarray, params, prepared: dict, spacing=None, origin=None):
-    """Instance labels (uint32) of the box at `origin` (None: the whole image); cellpose gives
-    no per-object scores."""
+    """Instance labels (uint32) of the box at `origin` (None: the whole image), evaluated on the
+    image's grid (flowmasks); cellpose gives no per-object scores."""
+    from . import flowmasks
+
     x = _network_input(array, prepared)
     shape = tuple(prepared.get("shape") or x.shape[1:])
-    origin = tuple(origin or (0,) * len(shape))
     rescale = float(model.diam_mean) / float(params.diameter or model.diam_labels)
-    if prepared["ndim"] == 2:
-        return _masks_2d(model, _flows_2d(model, x, origin, shape, rescale), params, rescale, shape, origin), None
-    if not params.do_3D and not params.stitch_threshold:
+    if prepared["ndim"] == 3 and not params.do_3D and not params.stitch_threshold:
         raise ValueError(f"{NAME}: a 3D substack needs do_3D, or a stitch_threshold above 0 to "
                          "segment slice by slice and link the slices")
-    if params.do_3D:
-        anisotropy = spacing[0] / spacing[1] if spacing else 1.0
-        flows = _flows_3d(model, x, origin, shape, rescale, anisotropy)
-        return _masks_3d(model, flows, params, rescale, shape, origin), None
-    from cellpose import utils
+    anisotropy = spacing[0] / spacing[1] if spacing and prepared["ndim"] == 3 else 1.0
+    return flowmasks.segment(_network(model), x, params, shape=shape, origin=tuple(origin or (0,) * len(shape)),
+                             rescale=rescale, niter=int(200 / rescale), anisotropy=anisotropy), None
 
-    planes = np.stack([_masks_2d(model, _flows_2d(model, x[:, z], origin[1:], shape[1:], rescale), params, rescale,
-                                 shape[1:], origin[1:], min_size=-1) for z in range(x.shape[1])])
-    return _fill_holes(utils.stitch3D(planes, stitch_threshold=params.stitch_threshold), params.min_size), None
+
+def _network(model):
+    """The model's network as flowmasks runs it (None: its tiles only)."""
+    from .flowmasks import Network, forward
+
+    if model is None:
+        return Network(None, None, TILE, STEP, MARGIN, MULTIPLE, None)
+    return Network(forward(model), lambda x: _channels_last(model, x), TILE, STEP, MARGIN, MULTIPLE, model.device)
 
 
 def segment_library(model, array: np.ndarray, params, prepared: dict, spacing=None, origin=None):
@@ -172,12 +172,6 @@ def segment_library(model, array: np.ndarray, params, prepared: dict, spacing=No
     return np.asarray(model.eval(x, **kwargs)[0]).astype(np.uint32, copy=False), None
 
 
-def _forward(model):
-    from cellpose import core
-
-    return lambda tiles: core._forward(model.net, tiles)[0]
-
-
 def _channels_last(model, x: np.ndarray) -> np.ndarray:
     """(nchan, *spatial) as the network takes it: cellpose's own channel conversion."""
     from cellpose import transforms
@@ -188,187 +182,3 @@ def _channels_last(model, x: np.ndarray) -> np.ndarray:
     return np.moveaxis(out, -1, 0)
 
 
-def _flows_2d(model, x: np.ndarray, origin, shape, rescale: float) -> np.ndarray:
-    """(3, Y, X): Y and X flows and cell probability of a 2D box, anchored to the image."""
-    from . import anchored
-
-    return anchored.evaluate(_forward(model), _channels_last(model, x), origin, shape, rescale, n_out=3,
-                             tile=TILE, step=STEP, margin=MARGIN, fill=BACKGROUND)
-
-
-def _masks_2d(model, flows: np.ndarray, params, rescale: float, shape, origin, min_size=None) -> np.ndarray:
-    """Masks of a 2D box from its flows (_masks), cellpose's flow-error check object by object,
-    then its hole filling and size floor."""
-    masks = _masks(model, flows[:2], flows[2], params, rescale, shape, origin)
-    if params.flow_threshold and masks.max() > 0:
-        masks = _remove_bad_flow_masks(masks, flows[:2], params.flow_threshold, model.device)
-    return _fill_holes(masks, params.min_size if min_size is None else min_size)
-
-
-def _fill_holes(masks: np.ndarray, min_size: int) -> np.ndarray:
-    """Cellpose's hole filling and size floor, on labels renumbered 1..n first: cellpose maps
-    its pixel counts to labels by rank, so with gaps in the labels (masks the flow check dropped)
-    it drops the wrong masks, and which ones depends on the other masks in the box."""
-    import fastremap
-    from cellpose import utils
-
-    masks, _ = fastremap.renumber(masks, in_place=True)
-    return utils.fill_holes_and_remove_small_masks(masks, min_size=min_size).astype(np.uint32)
-
-
-def _masks(model, dP: np.ndarray, cellprob: np.ndarray, params, rescale: float, shape, origin) -> np.ndarray:
-    """Cellpose's dynamics: the pixels above the probability threshold follow the flows
-    (_follow, in image coordinates), and masks grow from where they gather (cellpose's
-    get_masks_torch, on the box's pixels); masks over 40% of the image are dropped."""
-    import torch
-    from cellpose import dynamics
-
-    fg = cellprob > params.cellprob_threshold
-    if not fg.any():
-        return np.zeros(cellprob.shape, np.uint32)
-    inds = np.nonzero(fg)
-    final = _follow(dP * fg / 5.0, inds, int(200 / rescale), origin)
-    box = torch.from_numpy(final.astype(np.int32) - np.asarray(origin, np.int32)[:, None]).to(model.device)
-    return dynamics.get_masks_torch(box, inds, cellprob.shape, max_size_fraction=_big(shape, cellprob.shape))
-
-
-def _follow(dP: np.ndarray, inds, niter: int, origin) -> np.ndarray:
-    """Cellpose's Euler integration of the pixels `inds` of a box along its flows `dP` (per axis,
-    in pixels per step), with multilinear interpolation, clamped to the box, for `niter` steps.
-    Positions are kept in image coordinates: float32 rounding of `p + step` depends on the size
-    of p, so a box (origin > 0) and the whole image must add the same numbers to get the same
-    paths. Returns the final positions (ndim, n) in image coordinates."""
-    ndim, shape = dP.shape[0], np.asarray(dP.shape[1:], np.int64)
-    lo = np.asarray(origin, np.float32)
-    p = np.stack([np.asarray(i, np.float32) for i in inds]) + lo[:, None]
-    strides = np.asarray([int(np.prod(shape[k + 1:])) for k in range(ndim)], np.int64)
-    _steps()(p, np.ascontiguousarray(dP, np.float32).reshape(ndim, -1), shape, strides, lo, int(niter))
-    return p
-
-
-_STEPS = []
-
-
-def _steps():
-    """The integration loop, compiled once per process with numba (a dependency of cellpose)."""
-    if not _STEPS:
-        from numba import njit, prange
-
-        @njit(parallel=True, cache=False)
-        def steps(p, flat, shape, strides, lo, niter):
-            ndim, n = p.shape
-            for j in prange(n):
-                step = np.empty(ndim, np.float32)
-                f0 = np.empty(ndim, np.int64)
-                f1 = np.empty(ndim, np.int64)
-                frac = np.empty(ndim, np.float32)
-                for _ in range(niter):
-                    for k in range(ndim):
-                        step[k] = 0.0
-                    for k in range(ndim):
-                        q = p[k, j] - lo[k]  # exact: lo is a whole number no larger than p
-                        f = np.int64(q)
-                        frac[k] = q - np.float32(f)
-                        f0[k] = min(f, shape[k] - 1)
-                        f1[k] = min(f0[k] + 1, shape[k] - 1)
-                    for corner in range(2 ** ndim):
-                        index = 0
-                        weight = np.float32(1.0)
-                        for k in range(ndim):
-                            if (corner >> k) & 1:
-                                index += f1[k] * strides[k]
-                                weight = weight * frac[k]
-                            else:
-                                index += f0[k] * strides[k]
-                                weight = weight * (np.float32(1.0) - frac[k])
-                        for k in range(ndim):
-                            step[k] += flat[k, index] * weight
-                    for k in range(ndim):
-                        p[k, j] = min(max(p[k, j] + step[k], lo[k]), lo[k] + np.float32(shape[k] - 1))
-
-        _STEPS.append(steps)
-    return _STEPS[0]
-
-
-# cellpose's do_3D: the network on the planes of three orientations (planes along Z, Y, X), the
-# two flows of each added to the axes they lie along, the cell probabilities summed
-_ORIENTATIONS = ((0, (1, 2)), (1, (0, 2)), (2, (0, 1)))
-
-
-def _flows_3d(model, x: np.ndarray, origin, shape, rescale: float, anisotropy: float) -> np.ndarray:
-    """(4, Z, Y, X): Z, Y, X flows and cell probability of a 3D box, anchored to the image: the
-    box resized by (anisotropy x rescale, rescale, rescale) as cellpose resizes a volume, the
-    planes of each orientation tiled on the image's grid."""
-    from . import anchored
-
-    scale = (anisotropy * rescale, rescale, rescale)
-    r, starts, lengths = anchored.resize_box(_channels_last(model, x), origin, shape, scale)
-    flows = np.zeros((4, *r.shape[1:]), np.float32)
-    seen = np.ones(r.shape[1:], bool)
-    for axis, (first, second) in _ORIENTATIONS:
-        planes = [(np.take(r, i, axis + 1), [starts[first], starts[second]], [lengths[first], lengths[second]])
-                  for i in range(r.shape[axis + 1])]
-        for i, (out, covered) in enumerate(anchored.run_tiles(_forward(model), planes, n_out=3, tile=TILE,
-                                                              step=STEP, margin=MARGIN)):
-            index = [slice(None)] * 3
-            index[axis] = i
-            index = tuple(index)
-            flows[(first,) + index] += out[0]
-            flows[(second,) + index] += out[1]
-            flows[(3,) + index] += out[2]
-            seen[index] &= covered
-    flows[:, ~seen] = np.asarray(BACKGROUND_3D, np.float32)[:, None]
-    return anchored.resize_back(flows, starts, lengths, origin, shape, x.shape[1:], BACKGROUND_3D)
-
-
-BACKGROUND_3D = (0.0, 0.0, 0.0, -1e4)
-
-
-def _masks_3d(model, flows: np.ndarray, params, rescale: float, shape, origin) -> np.ndarray:
-    """Masks of a 3D box (_masks; cellpose has no flow-error check in 3D), holes filled, size floor."""
-    return _fill_holes(_masks(model, flows[:3], flows[3], params, rescale, shape, origin), params.min_size)
-
-
-def _big(image_shape, box_shape) -> float:
-    """Cellpose drops masks over 40% of its input: 40% of the image, as a fraction of the box."""
-    return 0.4 * float(np.prod(image_shape)) / float(np.prod(box_shape))
-
-
-# masks_to_flows diffuses in double precision up to 4e7 pixels, in single above (cellpose)
-_DOUBLE_PIXELS = 4e7
-
-
-def _remove_bad_flow_masks(masks: np.ndarray, dP: np.ndarray, threshold: float, device) -> np.ndarray:
-    """Cellpose's flow-error check, object by object: cellpose diffuses every mask of its input
-    for twice the largest mask's extent, so a mask's error depends on the other masks in the same
-    array; here each mask is diffused for twice its own extent (cellpose's rule for a mask alone).
-    Masks of one extent are diffused together, in the bounding box of them all (each alone when
-    that box is too large for double precision)."""
-    from cellpose import dynamics
-    from scipy import ndimage
-
-    boxes = ndimage.find_objects(masks)
-    groups: dict[int, list[int]] = {}
-    for label, box in enumerate(boxes, start=1):
-        if box is not None:
-            groups.setdefault(sum(s.stop - s.start for s in box) + 2, []).append(label)
-    errors = {}
-    for ext, labels in groups.items():
-        union = tuple(slice(min(boxes[i - 1][a].start for i in labels), max(boxes[i - 1][a].stop for i in labels))
-                      for a in range(masks.ndim))
-        if np.prod([s.stop - s.start for s in union]) <= _DOUBLE_PIXELS:
-            parts = [(union, labels)]
-        else:
-            parts = [(boxes[i - 1], [i]) for i in labels]
-        for crop, chosen in parts:
-            part = np.where(np.isin(masks[crop], chosen), masks[crop], 0)
-            mu = dynamics.masks_to_flows_gpu(part, device=device, niter=2 * ext)[0]
-            err = np.zeros(len(chosen))
-            for k in range(mu.shape[0]):
-                err += ndimage.mean((mu[k] - dP[(k,) + crop] / 5.0) ** 2, part, index=chosen)
-            errors.update(zip(chosen, err.tolist()))
-    bad = [label for label, e in errors.items() if e > threshold]
-    if bad:
-        masks = masks.copy()
-        masks[np.isin(masks, bad)] = 0
-    return masks

@@ -12,6 +12,11 @@ channels. Cellpose 4 ignores the `channels` argument of cellpose 3, so this fami
 parameter. Each channel is scaled with image-wide percentiles from prepare(), never per
 substack (cellpose's own per-image normalisation is switched off).
 
+A box gives exactly the whole image's objects: the adapter resizes and tiles on the image's grid
+and runs cpsam's network and cellpose's dynamics as the cellpose adapter does (models/anchored.py,
+models/flowmasks.py; docs/merge.md). `segment_library` is cellpose 4's own `eval`, kept for the
+benchmark of split against whole.
+
 Parameters (the manifest's): diameter (null: no rescaling; else the image is rescaled by
 30 / diameter, as in cellpose 4), flow_threshold, cellprob_threshold, min_size, niter, do_3D,
 stitch_threshold (3D per slice when do_3D is false), flow3D_smooth, precision (auto | bf16 | fp32),
@@ -20,7 +25,6 @@ batch_size. `config` keys read: none.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -55,23 +59,31 @@ TILE = 256  # cpsam's network tile (cellpose's bsize; fixed for the ViT-L)
 TRAINING_DIAMETER = 30.0  # cellpose rescales images by 30 / diameter
 
 
+# The network's tiles: cpsam's 256 px (its position embeddings are for 256-px tiles: a short
+# axis gets a whole tile too, the part outside the image zeros), every 224 px (cellpose 4 spreads
+# them by at least 10% overlap), from 8 px before the image (cellpose pads by at least 8 px).
+STEP, MARGIN = 224, 8
+
+
 def min_halo(artifact: Path | None, config: dict, params) -> int:
-    """Half a network tile, in image pixels. The ViT-L attends globally within each 256x256 tile
-    (no smaller receptive field), so a voxel in the substack's core gets as much context as it can
-    have in any tile once half a tile lies around it; that also keeps whole every object that
-    cpsam was trained on (diameters 7.5 to 120 px, i.e. at most half a tile at scale 1)."""
-    scale = (params.diameter / TRAINING_DIAMETER) if params.diameter else 1.0
-    return int(math.ceil(TILE / 2 * scale))
+    """One network tile in image pixels (256 x diameter / 30), plus two object diameters, plus
+    the resizes' pixels (flowmasks.halo): 320 px at scale 1. The ViT-L attends globally within
+    each tile, so a pixel's output depends on its whole tile: every tile that reaches the core
+    must lie wholly in the box, evaluated on the image's grid (docs/merge.md)."""
+    from .flowmasks import halo
+
+    diameter = params.diameter or TRAINING_DIAMETER
+    return halo(_network(None), TRAINING_DIAMETER / diameter, diameter)
 
 
 def align(artifact: Path | None, config: dict, params) -> int:
-    """8: the ViT's patch size. Each 256-px tile attends globally and tiles are spaced from the
-    box's own size, so a pixel's output still depends on its box (docs/merge.md)."""
-    return 8
+    """1: the resize and the network's tiles are laid on the image's grid, not the box's
+    (anchored.py), so a box may start on any pixel."""
+    return 1
 
 
 def prepare(image, channel: int | None, params) -> dict:
-    return channel_percentiles(image, channel, MAX_CHANNELS, NAME)
+    return {**channel_percentiles(image, channel, MAX_CHANNELS, NAME), "shape": list(image.spatial_shape)}
 
 
 def load(artifact: Path | None, config: dict, params):
@@ -101,25 +113,52 @@ def use_bf16(precision: str, device) -> bool:
 
 
 def segment(model, array: np.ndarray, params, prepared: dict, spacing, origin=None) -> tuple[np.ndarray, dict | None]:
-    """Instance labels (uint32, 0 = background) of one 2D or 3D substack; no per-object scores."""
+    """Instance labels (uint32, 0 = background) of the 2D or 3D box at `origin` (None: the whole
+    image), evaluated on the image's grid (flowmasks); no per-object scores."""
+    from . import flowmasks
+
+    x = np.moveaxis(channels_last(array, prepared), -1, 0)
+    ndim = x.ndim - 1
+    if ndim == 3 and not params.do_3D and not params.stitch_threshold > 0:
+        raise ValueError(f"{NAME}: a 3D substack needs do_3D=true or stitch_threshold > 0 "
+                         "(else every slice would be labelled on its own)")
+    shape = tuple(prepared.get("shape") or x.shape[1:])
+    rescale = TRAINING_DIAMETER / params.diameter if params.diameter else 1.0
+    anisotropy = spacing[0] / spacing[2] if spacing and ndim == 3 else 1.0
+    smooth = [params.flow3D_smooth] * 3 if params.flow3D_smooth else None
+    labels = flowmasks.segment(_network(model, params.batch_size), x, params, shape=shape,
+                               origin=tuple(origin or (0,) * len(shape)), rescale=rescale,
+                               niter=params.niter or int(200 / rescale), anisotropy=anisotropy, smooth=smooth)
+    return labels.reshape(x.shape[1:]), None
+
+
+def segment_library(model, array: np.ndarray, params, prepared: dict, spacing, origin=None):
+    """Cellpose 4's own `eval` on the array, which resizes and tiles it from its own first pixel:
+    what this adapter ran before its evaluation was anchored to the image (bench/split_vs_whole.py
+    shows the difference). `origin` is ignored."""
     x = channels_last(array, prepared)
     ndim = x.ndim - 1
-    kwargs = dict(
-        channel_axis=ndim, normalize={"normalize": False}, batch_size=params.batch_size,
-        diameter=params.diameter or None, flow_threshold=params.flow_threshold,
-        cellprob_threshold=params.cellprob_threshold, min_size=params.min_size, niter=params.niter or None,
-        # cellpose drops masks larger than this fraction of the *substack*: that depends on how
-        # the image was split, so it is off (1.0) to keep split == whole.
-        max_size_fraction=1.0,
-    )
+    kwargs = dict(channel_axis=ndim, normalize={"normalize": False}, batch_size=params.batch_size,
+                  diameter=params.diameter or None, flow_threshold=params.flow_threshold,
+                  cellprob_threshold=params.cellprob_threshold, min_size=params.min_size, niter=params.niter or None)
     if ndim == 3:
         if params.do_3D:
             anisotropy = spacing[0] / spacing[2] if spacing else None
             kwargs.update(do_3D=True, z_axis=0, anisotropy=anisotropy, flow3D_smooth=params.flow3D_smooth)
-        elif params.stitch_threshold > 0:
-            kwargs.update(z_axis=0, stitch_threshold=params.stitch_threshold)
         else:
-            raise ValueError(f"{NAME}: a 3D substack needs do_3D=true or stitch_threshold > 0 "
-                             "(else every slice would be labelled on its own)")
+            kwargs.update(z_axis=0, stitch_threshold=params.stitch_threshold)
     masks = model.eval(x, **kwargs)[0]
     return np.asarray(masks).astype(np.uint32, copy=False).reshape(x.shape[:-1]), None
+
+
+def _network(model, batch_size: int = 8):
+    """The model's network as flowmasks runs it (None: its tiles only): cpsam's own forward on
+    tiles of every channel given (it takes 1 to 3, in any order). On a CPU one tile at a time
+    (a padded batch would compute up to batch_size - 1 empty tiles, at ~30 s each); on a GPU
+    batch_size tiles."""
+    from .flowmasks import Network, forward
+
+    if model is None:
+        return Network(None, None, TILE, STEP, MARGIN, TILE, None)
+    batch = batch_size if model.device.type == "cuda" else 1
+    return Network(forward(model), lambda x: x, TILE, STEP, MARGIN, TILE, model.device, batch)
