@@ -25,12 +25,12 @@ import tifffile
 
 from aiod.imageio import open_image
 from aiod.models import cellposesam, runtime
-from family_artifacts import assert_adapter_contract, built_artifact, family_images, family_run  # noqa: F401
+from family_artifacts import CONTRACT, built_artifact, contract_run, trained_artifact  # noqa: F401
 from family_envs import nuclei_data, split_vs_whole  # noqa: F401
 
 # the random readout's flows are not those of its masks: cellpose's flow-error check would drop
 # every mask, so it is off (flow_threshold 0); 3D per slice, stitched
-PARAMS = {"flow_threshold": 0.0, "do_3D": False, "stitch_threshold": 0.25}
+PARAMS = CONTRACT["cellposesam"]["params"]
 
 
 @pytest.mark.parametrize("diameter, halo", [(None, 320), (30.0, 320), (60.0, 638), (15.0, 161)])
@@ -82,20 +82,8 @@ def test_cellposesam_missing_model_file_is_an_error_not_a_download(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cellposesam_run(built_artifact, tmp_path_factory):  # noqa: F811
-    work = tmp_path_factory.mktemp("cellposesam")
-    images = family_images(work / "images")
-    cases = [{"name": "image", "image": images["2d"], "repeat": 2},
-             # the box the planner gives an image that fits in one 256-px tile: all of it (a
-             # smaller box would hold no whole tile; boxes of part of an image: the split test)
-             {"name": "top", "image": images["2d"], "box": [[0, 128], [0, 128]]},
-             {"name": "volume", "image": images["3d"]}]
-    return family_run(built_artifact("cellposesam"), work / "run", cases, PARAMS)
-
-
-@pytest.mark.families
-def test_cellposesam_keeps_the_adapter_contract(cellposesam_run):
-    assert_adapter_contract(cellposesam_run, "top", (128, 128), (4, 96, 96))  # the volume: per slice, stitched
+def cellposesam_run(contract_run):  # noqa: F811
+    return contract_run("cellposesam")  # its contract's run (tests/test_adapter_contract.py), shared
 
 
 @pytest.mark.families

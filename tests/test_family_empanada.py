@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 
 from aiod.models import empanada
-from family_artifacts import (assert_adapter_contract, assert_instance_labels, assert_left_no_trace,  # noqa: F401
-                              built_artifact, family_images, family_run)
+from family_artifacts import (CONTRACT, assert_instance_labels, assert_left_no_trace, built_artifact,  # noqa: F401
+                              contract_run, family_images, family_run, trained_artifact)
+from family_envs import nuclei_data  # noqa: F401
 
 D = empanada.LABEL_DIVISOR
 # Small objects of the random network are kept (min_size 10), and 3D objects need only span 2
 # voxels in each direction (min_extent 2): the 4-slice test volume is thin.
-PARAMS = {"min_size": 10, "min_extent": 2}
+PARAMS = CONTRACT["empanada"]["params"]
 ORTHO_BOX = [[0, 4], [0, 16], [0, 24]]
 
 
@@ -43,32 +44,20 @@ def test_empanada_image_that_is_all_objects_keeps_every_object():
 
 
 @pytest.fixture(scope="module")
-def empanada_run(built_artifact, tmp_path_factory):  # noqa: F811
+def empanada_run(built_artifact, contract_run, tmp_path_factory):  # noqa: F811
+    # its contract's run (tests/test_adapter_contract.py; stack mode, tracked through z), shared,
+    # and ortho-plane inference, which segments every xz and yz plane too (~2 s each on the CPU): a small box
     work = tmp_path_factory.mktemp("empanada")
     images = family_images(work / "images")
-    built = built_artifact("empanada")
-    cases = [{"name": "image", "image": images["2d"], "repeat": 2},
-             {"name": "top", "image": images["2d"], "box": [[0, 80], [0, 128]]},
-             {"name": "corner", "image": images["2d"], "box": [[48, 128], [40, 128]]},
-             {"name": "volume", "image": images["3d"]}]
-    stack = family_run(built, work / "stack", cases, PARAMS)
-    # ortho-plane inference segments every xz and yz plane too (~2 s each on the CPU): a small box
-    ortho = family_run(built, work / "orthoplane", [{"name": "volume", "image": images["3d"], "box": ORTHO_BOX}],
-                       {**PARAMS, "mode": "orthoplane"})
-    return {**stack, "ortho": ortho}
+    ortho = family_run(built_artifact("empanada"), work / "orthoplane",
+                       [{"name": "volume", "image": images["3d"], "box": ORTHO_BOX}], {**PARAMS, "mode": "orthoplane"})
+    return {**contract_run("empanada"), "ortho": ortho}
 
 
 @pytest.mark.families
-def test_empanada_keeps_the_adapter_contract(empanada_run):
-    assert_adapter_contract(empanada_run, "top", (80, 128), (4, 96, 96))  # the volume: stack mode, tracked through z
-    assert_left_no_trace(empanada_run["ortho"])
-
-
-@pytest.mark.families
-def test_empanada_gives_no_per_object_scores_and_any_box_its_shape(empanada_run):
+def test_empanada_gives_no_per_object_scores_and_leaves_no_trace_in_orthoplane_mode(empanada_run):
     assert empanada_run["record"]["runs"]["image_0"]["scores"] is None  # the engines give no per-object score
-    assert_instance_labels(empanada_run["runs"]["corner_0"], (80, 88))
-    assert empanada_run["record"]["prepared"]["corner"] == empanada_run["record"]["prepared"]["image"]
+    assert_left_no_trace(empanada_run["ortho"])
 
 
 @pytest.mark.families

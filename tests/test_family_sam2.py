@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from aiod.models import sam2
-from family_artifacts import assert_adapter_contract, built_artifact, family_images, family_run  # noqa: F401
+from family_artifacts import built_artifact, contract_run, trained_artifact  # noqa: F401
+from family_envs import nuclei_data  # noqa: F401
 
 
 def record(mask, iou, stability=0.9):
@@ -117,26 +118,16 @@ def test_sam2_objects_overlapping_less_than_link_iou_start_new_ids():
 
 
 @pytest.fixture(scope="module")
-def sam2_run(built_artifact, tmp_path_factory):  # noqa: F811
-    work = tmp_path_factory.mktemp("sam2")
-    images = family_images(work / "images")
-    # a random network's masks have predicted IoU ~0.5 and stability ~0: keep them all
-    params = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "min_mask_region_area": 4}
-    cases = [{"name": "image", "image": images["2d"], "repeat": 2},
-             {"name": "corner", "image": images["2d"], "box": [[48, 128], [40, 128]]},
-             {"name": "volume", "image": images["3d"], "box": [[0, 3], [0, 64], [0, 64]]}]
-    return family_run(built_artifact("sam2"), work / "run", cases, params)
+def sam2_run(contract_run):  # noqa: F811
+    # its contract's run (tests/test_adapter_contract.py), shared: a random network's masks have
+    # predicted IoU ~0.5 and stability ~0, so its parameters keep them all
+    return contract_run("sam2")
 
 
 def assert_one_score_per_object(run, labels):
     scores = {int(k): v for k, v in run["scores"].items()}
     assert set(scores) == set(np.unique(labels[labels > 0]).tolist())
     assert all(0.0 <= s <= 1.0 for s in scores.values())  # predicted IoUs
-
-
-@pytest.mark.families
-def test_sam2_keeps_the_adapter_contract(sam2_run):
-    assert_adapter_contract(sam2_run, "corner", (80, 88), (3, 64, 64))
 
 
 @pytest.mark.families

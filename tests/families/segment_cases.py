@@ -1,14 +1,15 @@
-"""Segment boxes of images with one loaded model, in a family's environment (the families
-cellposesam, sam2 and empanada; their models are slow to load, so one process runs every case).
+"""Segment boxes of images with one loaded model, in a family's environment (any family; the
+large models are slow to load, so one process runs every case).
 
-    python cellposesam_sam2_empanada_segment.py JOB.json
+    python segment_cases.py JOB.json
 
-JOB: {"family", "version", "artifact", "config", "params": {name: value}, "out": folder,
-      "cases": [{"name", "image": tif, "box": [[start, stop], ...] or null (whole), "repeat": n}]}
+JOB: {"family", "version", "artifact" (null: none, as classical), "config", "params": {name: value},
+      "out": folder, "cases": [{"name", "image": tif, "box": [[start, stop], ...] or null (whole),
+      "repeat": n}]}
 Parameters are the manifest's defaults for the version, overridden by `params`, each checked by
 the registry's schema as the pipeline checks them. prepare() sees the whole image, segment() the
-box (one substack). Writes OUT/<name>_<i>.npy per run and OUT/record.json: {"runs": {<name>_<i>:
-{"seconds", "scores"}}, "min_halo", "prepared", "load_seconds"}.
+box (one substack, at its origin in the image). Writes OUT/<name>_<i>.npy per run and
+OUT/record.json: {"runs": {<name>_<i>: {"seconds", "scores"}}, "min_halo", "prepared", "load_seconds"}.
 """
 
 import importlib
@@ -27,7 +28,7 @@ def main(job: dict) -> None:
     runtime.keep_libraries_out_of_home(".")
     adapter = importlib.import_module(f"aiod.models.{job['family']}")
     params = params_namespace(resolve(job["family"], job["version"], None, job["params"]))
-    artifact, out = Path(job["artifact"]), Path(job["out"])
+    artifact, out = Path(job["artifact"]) if job["artifact"] else None, Path(job["out"])
     started = time.time()
     model = adapter.load(artifact, job["config"], params)
     record = {"runs": {}, "load_seconds": time.time() - started, "prepared": {},
@@ -41,7 +42,7 @@ def main(job: dict) -> None:
         record["prepared"][case["name"]] = prepared
         for i in range(case.get("repeat", 1)):
             started = time.time()
-            labels, scores = adapter.segment(model, array, params, prepared, spacing)
+            labels, scores = adapter.segment(model, array, params, prepared, spacing, origin=tuple(a for a, _ in box))
             np.save(out / f"{case['name']}_{i}.npy", labels)
             record["runs"][f"{case['name']}_{i}"] = {
                 "seconds": time.time() - started,
