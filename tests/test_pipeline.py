@@ -14,6 +14,7 @@ import tifffile
 import zarr
 
 from aiod import demo, metrics, ngff, synthetic
+from aiod.imageio import open_image
 from pipeline_helpers import cache_entries, processes, read_mask, run_pipeline, trace_rows, tree_digest
 
 pytestmark = pytest.mark.pipeline
@@ -46,10 +47,11 @@ def split_run(tmp_path_factory, data):
 
 @pytest.fixture(scope="module")
 def whole_run(tmp_path_factory, data):
+    """One substack per image; each result published with its image (--publish_image)."""
     folder, sheet = data
     work = tmp_path_factory.mktemp("whole")
     run_pipeline(work, "--input", str(sheet), "--outdir", str(work / "results"), "--root_dir", str(work / "root"),
-                 "--num_substacks", "1", "--trace_report_suffix", "first")
+                 "--num_substacks", "1", "--publish_image", "--trace_report_suffix", "first")
     return work
 
 
@@ -128,6 +130,33 @@ def test_second_identical_run_segments_nothing_and_publishes_from_the_cache(spli
     assert {i: tree_digest(split_run / "results" / f"{i}.ome.zarr") for i in IDS} == before
     assert "6 image(s): 0 computed, 6 from the cache" in proc.stdout
     assert json.loads((split_run / "results" / "volume.json").read_text())["cache_hit"] is True
+
+
+def assert_opens_with_its_image(result, pixels):
+    from test_ngff import ome_zarr_nodes
+
+    nodes = {n.zarr.path.rstrip("/"): n for n in ome_zarr_nodes(result)}
+    np.testing.assert_array_equal(nodes[str(result)].data[0].compute(), pixels)
+    assert str(result / "labels" / "classical_nuclei") in nodes
+
+
+def test_results_published_with_their_images_open_as_one_ngff_image_from_finalize_and_from_the_cache(whole_run, data):
+    """FINALIZE wrote each input image into its result (a TIFF, and an OME-Zarr of two channels,
+    both kept); a rerun publishes the cache hits from PLAN, with their images, into a relative
+    --outdir; the cache entries hold the masks alone."""
+    folder = data[0]
+    results = whole_run / "results"
+    assert_opens_with_its_image(results / "field_1.ome.zarr", tifffile.imread(folder / "field_1.tif"))
+    two = zarr.open_array(store=str(folder / "twochannel.ome.zarr" / "0"), mode="r")[...]
+    assert_opens_with_its_image(results / "twochannel.ome.zarr", two)
+    assert all(not (entry / "labels.ome.zarr" / "0").exists() for entry in cache_entries(whole_run / "root"))
+    run_pipeline(whole_run, "--input", str(data[1]), "--outdir", "again", "--root_dir", str(whole_run / "root"),
+                 "--num_substacks", "1", "--publish_image", "--trace_report_suffix", "again")
+    rows = trace_rows(whole_run / "again", "again")
+    assert processes(rows, "SEGMENT") == [] and processes(rows, "FINALIZE") == []  # PLAN published the hits
+    assert_opens_with_its_image(whole_run / "again" / "volume.ome.zarr",
+                                open_image(folder / "volume.ome.zarr").read((slice(0, 48), slice(0, 160), slice(0, 160))))
+    assert json.loads((whole_run / "again" / "volume.json").read_text())["image_in_result"] is True
 
 
 def test_a_different_split_is_a_different_cache_entry(split_run, whole_run):

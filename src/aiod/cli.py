@@ -155,6 +155,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tiff", action="store_true", help="with --records: as finalize --tiff")
     s.add_argument("--outdir", help="with --records: as finalize --outdir")
     s.add_argument("--publish-mode", default="copy", help="with --records: as finalize --publish-mode")
+    s.add_argument("--publish-image", action="store_true", help="with --records: as finalize --publish-image")
     s.set_defaults(func=steps.cmd_plan)
 
     s = sub.add_parser("segment", help="segment one substack, or a batch of them with the model loaded once")
@@ -181,6 +182,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--tiff", action="store_true")
     s.add_argument("--outdir", help="publish the result here (docs/output.md); without it, only the task folder gets it")
     s.add_argument("--publish-mode", default="copy", help="copy, copyNoFollow, symlink or link")
+    s.add_argument("--publish-image", action="store_true",
+                   help="write the input image into the published result: one NGFF image with its labels (docs/output.md)")
     s.set_defaults(func=steps.cmd_finalize)
 
     s = sub.add_parser("cache", help="list, inspect, verify or clear the shared cache under a root_dir (docs/cache.md)")

@@ -97,7 +97,7 @@ def cmd_plan(a):
     if a.rows:
         rows = _tsv(a.rows, ("id", "image", "axes", "channel"))
         publish = dict(records=Path(a.records), tiff=a.tiff, outdir=Path(a.outdir) if a.outdir else None,
-                       publish_mode=a.publish_mode) if a.records else None
+                       publish_mode=a.publish_mode, publish_image=a.publish_image) if a.records else None
         plan_batch(rows=rows, out_dir=Path(a.out_dir or "jobs"), batch=a.batch, name=a.name, publish=publish, **common)
     elif a.id and a.image and a.out:
         job = plan(image_path=Path(a.image), sample_id=a.id, axes=a.axes, channel=a.channel, out=Path(a.out), **common)
@@ -129,7 +129,7 @@ def cmd_merge(a):
 def cmd_finalize(a):
     from .steps.finalize import finalize, finalize_batch
     common = dict(root_dir=Path(a.root_dir), tiff=a.tiff, outdir=Path(a.outdir) if a.outdir else None,
-                  publish_mode=a.publish_mode)
+                  publish_mode=a.publish_mode, publish_image=a.publish_image)
     if a.items:
         Path(a.records).mkdir(parents=True, exist_ok=True)
         finalize_batch([(r["id"], Path(r["job"]), Path(r["result"]) if r["result"] else None)

@@ -179,10 +179,12 @@ def _touches(target: Path, real_inputs: dict, holding: dict) -> tuple[str, tuple
     return None
 
 
-def publish(*, outdir: Path, sample_id: str, labels: Path, record: dict, mode: str, tiff_writer=None) -> dict[str, Path]:
+def publish(*, outdir: Path, sample_id: str, labels: Path, record: dict, mode: str, tiff_writer=None,
+            image: tuple[Path, str | None] | None = None) -> dict[str, Path]:
     """Publish one image's result into `outdir`: labels (a cache entry's OME-Zarr) by `mode`,
-    the TIFF (`tiff_writer(path)` writes it) when asked, then the record. Returns what was
-    written. Raises AiodError when a target holds something AIoD did not publish."""
+    with `image` ((path, declared axes) of the input) written into it (aiod.result_image), the
+    TIFF (`tiff_writer(path)` writes it) when asked, then the record. Returns what was written.
+    Raises AiodError when a target holds something AIoD did not publish."""
     if mode not in MODES:
         raise AiodError(f"--publish_mode '{mode}': expected one of {', '.join(MODES)}")
     outdir = Path(outdir)
@@ -194,9 +196,17 @@ def publish(*, outdir: Path, sample_id: str, labels: Path, record: dict, mode: s
     paths = targets(outdir, sample_id)
     staged: dict[str, Path] = {}
     try:
-        named = _naming_image(Path(labels), record.get("image"), paths[".ome.zarr"])
-        if not _published_before(paths, record, Path(labels), mode, named):  # else an identical rerun keeps it
-            staged[".ome.zarr"] = _stage(paths[".ome.zarr"], lambda tmp: _put_tree(Path(labels), tmp, mode, named))
+        record = {**record, "image_in_result": image is not None}
+        if image is None:
+            named, extra, write_image = _naming_image(Path(labels), record.get("image"), paths[".ome.zarr"]), set(), None
+        else:
+            named, extra, write_image = _image_in_result(Path(labels), *image)
+        if not _published_before(paths, record, Path(labels), mode, named, extra):  # else an identical rerun keeps it
+            def put(tmp):
+                _put_tree(Path(labels), tmp, mode, named)
+                if write_image is not None:
+                    write_image(tmp)
+            staged[".ome.zarr"] = _stage(paths[".ome.zarr"], put)
         if tiff_writer is not None:
             staged[".tif"] = _stage(paths[".tif"], tiff_writer)
         for suffix, name in TABLES.items():  # small: copied whatever the mode
@@ -225,28 +235,49 @@ def _naming_image(labels: Path, image, target: Path) -> dict[str, bytes]:
     return ngff.naming_image(labels, Path(image), target)
 
 
-def _published_before(paths: dict[str, Path], record: dict, labels: Path, mode: str, named: dict[str, bytes]) -> bool:
+def _image_in_result(labels: Path, path: Path, axes: str | None):
+    """(named metadata files, the image's array names, a writer of its arrays into the published
+    copy) for `--publish_image` (aiod.result_image)."""
+    from . import imageio, result_image
+
+    with imageio.open_image(Path(path), axes) as image:
+        named = result_image.named_files(labels, image)
+
+    def write(tmp: Path) -> None:
+        with imageio.open_image(Path(path), axes) as source:
+            result_image.write_levels(tmp, source, labels)
+
+    return named, result_image.level_names(labels), write
+
+
+def _published_before(paths: dict[str, Path], record: dict, labels: Path, mode: str, named: dict[str, bytes],
+                      extra: set[str] = frozenset()) -> bool:
     """True when `<id>.ome.zarr` is what publishing `labels` by `mode` would write, untouched
     since an earlier run published it from the same cache entry: the same files, each with the
     size and modification time that copying gave it (the same inode for `link`, the same target
     for `symlink`), and the label metadata that names the image (`named`) with the same bytes.
-    Anything else (an edited or missing file, another entry, a moved image) is published again."""
+    `extra`: the top-level folders written besides the entry's (the image's arrays, from the same
+    image as before). Anything else (an edited or missing file, another entry, a moved image) is
+    published again."""
     try:
         before = json.loads(paths[".json"].read_text())
     except (OSError, ValueError):
         return False
     if not isinstance(before, dict) or before.get("cache_entry") != record.get("cache_entry") or (
-            ".ome.zarr" not in (before.get("published") or {})):
+            ".ome.zarr" not in (before.get("published") or {})) or bool(before.get("image_in_result")) != bool(extra) or (
+            extra and before.get("image") != record.get("image")):
         return False
     target = paths[".ome.zarr"]
+    if any((target / name).is_symlink() or not (target / name).is_dir() for name in extra):
+        return False
     if mode == "symlink" and not named:
         return target.is_symlink() and _real(target) == _real(labels)
     if target.is_symlink() or not target.is_dir():
         return False
     if mode == "symlink":
-        return _linked_before(labels, target, named)
+        return _linked_before(labels, target, named, extra)
     source = {p.relative_to(labels): p for p in labels.rglob("*")}
-    copied = {p.relative_to(target): p for p in target.rglob("*")}
+    copied = {p.relative_to(target): p for p in target.rglob("*") if p.relative_to(target).parts[0] not in extra}
     if source.keys() != copied.keys():
         return False
     for name, src in source.items():
@@ -283,12 +314,14 @@ def _named_dirs(named: dict[str, bytes]) -> set[str]:
     return {"/".join(Path(rel).parts[:i]) for rel in named for i in range(len(Path(rel).parts))}
 
 
-def _linked_before(labels: Path, target: Path, named: dict[str, bytes]) -> bool:
-    """`_published_before` for `symlink` with named metadata: the tree `_link_tree` makes."""
+def _linked_before(labels: Path, target: Path, named: dict[str, bytes], extra: set[str] = frozenset()) -> bool:
+    """`_published_before` for `symlink` with named metadata: the tree `_link_tree` makes (and
+    the top-level folders of `extra` beside it)."""
     dirs = _named_dirs(named)
     for rel in sorted(dirs):
         src, dst = labels / rel, target / rel
-        if dst.is_symlink() or not dst.is_dir() or {p.name for p in src.iterdir()} != {p.name for p in dst.iterdir()}:
+        if dst.is_symlink() or not dst.is_dir() or (
+                {p.name for p in src.iterdir()} != {p.name for p in dst.iterdir()} - (extra if rel == "" else set())):
             return False
         for item in src.iterdir():
             name = f"{rel}/{item.name}" if rel else item.name

@@ -18,10 +18,12 @@ def finalize_batch(items: list[tuple[str, Path, Path | None]], **common) -> list
 
 
 def finalize(*, job_json: Path, result: Path | None, sample_id: str, root_dir: Path, tiff: bool,
-             outdir: Path | None = None, publish_mode: str = "copy", workdir: Path = Path(".")) -> dict:
-    """Move a merged result into the cache (or find it there) and publish it into `outdir`
-    (docs/output.md; the rules in aiod.publish). The task folder keeps a link to the cache
-    entry's labels and the record, for the pipeline's later steps and its summary."""
+             outdir: Path | None = None, publish_mode: str = "copy", publish_image: bool = False,
+             workdir: Path = Path(".")) -> dict:
+    """Move a merged result into the cache (or find it there) and publish it into `outdir`, with
+    the input image written into it when `publish_image` (docs/output.md; the rules in
+    aiod.publish). The task folder keeps a link to the cache entry's labels and the record, for
+    the pipeline's later steps and its summary."""
     job = json.loads(Path(job_json).read_text())
     family, version, key = job["model"]["family"], job["model"]["version"], job["key"]
     cache = Cache(root_dir)
@@ -51,8 +53,9 @@ def finalize(*, job_json: Path, result: Path | None, sample_id: str, root_dir: P
     }
     if outdir is not None:
         writer = (lambda path: ngff.export_tiff(labels, manifest["labels"]["name"], path)) if tiff else None
+        image = (Path(job["image"]["path"]), job["image"].get("declared_axes")) if publish_image else None
         written = publish.publish(outdir=Path(outdir), sample_id=sample_id, labels=labels, record=record,
-                                  mode=publish_mode, tiff_writer=writer)
+                                  mode=publish_mode, tiff_writer=writer, image=image)
         record = json.loads(written[".json"].read_text())
     (Path(workdir) / f"{sample_id}.json").write_text(json.dumps(record, indent=2))
     log(f"{sample_id}: {manifest['n_objects']} objects, {'from the cache' if result is None else 'stored in the cache'}: {entry}"

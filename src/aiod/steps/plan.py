@@ -160,7 +160,7 @@ def plan_batch(*, rows: list[dict], out_dir: Path, batch: str = "auto", name: st
     the substacks of those not in the cache into SEGMENT tasks (aiod.batches). Writes and returns
     `out_dir/../batches.json`: {"hits": [id...], "n_substacks": {id: n}, "segment": [...]}.
 
-    publish: {records, outdir, tiff, publish_mode}: the cache hits are published now, as
+    publish: {records, outdir, tiff, publish_mode, publish_image}: the cache hits are published now, as
     FINALIZE publishes a result (aiod.steps.finalize), their records into `records/<id>.json`:
     a rerun of cached results needs no task after its PLAN tasks."""
     rule = batches.parse_batch(batch)
@@ -191,7 +191,7 @@ def plan_batch(*, rows: list[dict], out_dir: Path, batch: str = "auto", name: st
         records.mkdir(parents=True, exist_ok=True)
         finalize_batch([(i, out_dir / f"{i}.json", None) for i in hits], workdir=records, root_dir=common["root_dir"],
                        tiff=publish.get("tiff", False), outdir=publish.get("outdir"),
-                       publish_mode=publish.get("publish_mode", "copy"))
+                       publish_mode=publish.get("publish_mode", "copy"), publish_image=publish.get("publish_image", False))
     return summary
 
 
