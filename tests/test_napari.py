@@ -85,6 +85,7 @@ def test_project_file_round_trips_the_settings(qt, tmp_path):
     w.overlap.setText("16")
     w.substack_memory.setText("12 GB")
     w.fingerprint.setCurrentText("sample")
+    w.publish_image.setChecked(True)
     saved = w.settings()
     path = w.save_project("lab-run")
     assert path == tmp_path / "root" / "project_configs" / "lab-run.yaml"
@@ -92,6 +93,8 @@ def test_project_file_round_trips_the_settings(qt, tmp_path):
     other = make_widget(tmp_path)
     assert other.load_project(path)
     assert other.settings() == saved and other.request().substack_memory == "12 GB" and other.request().fingerprint == "sample"
+    assert other.request().publish_image and "--publish_image" in command.command_line(
+        other.request(), {"input": tmp_path / "s.csv"}, "nextflow", tmp_path / "main.nf", "s1")
 
 
 # ---- before a run: the substack plan and the cache --------------------------------------------------

@@ -40,6 +40,7 @@ class RunRequest:
     outdir: str = "results"
     root_dir: str = "~/.nextflow/aiod"
     save_tiff: bool = False
+    publish_image: bool = False  # the image written into each result: napari-ome-zarr opens both
     # several models, compared (`--models`): {model, version, task, params} entries; empty: the one above
     models: list = field(default_factory=list)
     labels: list = field(default_factory=list)  # each model's label (aiod.model_list), as the run names its results
@@ -108,6 +109,8 @@ def command_line(request: RunRequest, files: dict[str, Path], nextflow: str, mai
         args += ["--model_params", str(files["model_params"])]
     if request.save_tiff:
         args.append("--save_tiff")
+    if request.publish_image:
+        args.append("--publish_image")
     return args
 
 

@@ -93,9 +93,13 @@ def setup_run_tab(ui) -> QWidget:
     ui.outdir = QLineEdit(str(Path.cwd() / "results"))
     ui.root_dir = QLineEdit(str(Path("~/.nextflow/aiod").expanduser()))
     ui.save_tiff = QCheckBox("also publish a TIFF copy")
+    ui.publish_image = QCheckBox("write the image into each result")
+    ui.publish_image.setToolTip("--publish_image: each result becomes one OME-Zarr image with its mask, which any "
+                                "OME-Zarr reader opens together (it takes the image's space again)")
     for name, w in (("substacks", ui.num_substacks), ("overlap", ui.overlap),
                     ("task memory", ui.substack_memory), ("fingerprint", ui.fingerprint), ("profile", ui.profile),
-                    ("output folder", ui.outdir), ("root (cache)", ui.root_dir), ("", ui.save_tiff)):
+                    ("output folder", ui.outdir), ("root (cache)", ui.root_dir), ("", ui.save_tiff),
+                    ("", ui.publish_image)):
         form.addRow(name, w)
     col.addWidget(box)
 

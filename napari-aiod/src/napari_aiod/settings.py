@@ -19,6 +19,7 @@ A project file is plain YAML a person can read and edit:
     outdir: /data/results
     root_dir: /lab/aiod
     save_tiff: false
+    publish_image: false
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import yaml
 FORMAT = "napari-aiod-project/1"
 FOLDER = "project_configs"
 KEYS = ("images", "models", "model", "version", "task", "params", "num_substacks", "overlap", "substack_memory",
-        "fingerprint", "profile", "outdir", "root_dir", "save_tiff")
+        "fingerprint", "profile", "outdir", "root_dir", "save_tiff", "publish_image")
 
 
 class ProjectFileError(ValueError):

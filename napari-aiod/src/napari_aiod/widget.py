@@ -151,7 +151,8 @@ class AiodWidget(QWidget):
                 "params": self.params.raw_values(), "num_substacks": self.num_substacks.text(),
                 "overlap": self.overlap.text(), "substack_memory": self.substack_memory.text(),
                 "fingerprint": self.fingerprint.currentText(), "profile": self.profile.currentText(), "outdir": self.outdir.text(),
-                "root_dir": self.root_dir.text(), "save_tiff": self.save_tiff.isChecked()}
+                "root_dir": self.root_dir.text(), "save_tiff": self.save_tiff.isChecked(),
+                "publish_image": self.publish_image.isChecked()}
 
     def apply_settings(self, s: dict) -> None:
         if "model" in s:
@@ -190,6 +191,8 @@ class AiodWidget(QWidget):
             self.fingerprint.setCurrentText(s["fingerprint"])
         if "save_tiff" in s:
             self.save_tiff.setChecked(bool(s["save_tiff"]))
+        if "publish_image" in s:
+            self.publish_image.setChecked(bool(s["publish_image"]))
 
     def save_project(self, name: str) -> Path | None:
         try:
@@ -234,7 +237,8 @@ class AiodWidget(QWidget):
                                   substack_memory=self.substack_memory.text().strip() or "6 GB",
                                   fingerprint=self.fingerprint.currentText(),
                                   outdir=self.outdir.text(), root_dir=self.root_dir.text(),
-                                  save_tiff=self.save_tiff.isChecked())
+                                  save_tiff=self.save_tiff.isChecked(),
+                                  publish_image=self.publish_image.isChecked())
 
     def _ids(self) -> list[tuple[str, dict]]:
         """(sample id, image item) of each image, ids as a run names them."""
