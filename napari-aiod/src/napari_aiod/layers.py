@@ -58,12 +58,14 @@ def image_levels(path: Path) -> tuple[list, str]:
     return [group[k] for k in sorted(group.array_keys())][:1], axes
 
 
-def add_result(viewer, result: Path, image: Path | None, image_layer=None, name: str | None = None):
-    """Add a published (or cached) mask over its image: the image layer given, or the image
-    file opened lazily (when it exists and no layer is given). Returns the labels layer."""
+def result_layers(result: Path, image: Path | None, name: str | None = None, image_scale=None) -> list[tuple]:
+    """A published (or cached) mask over its image as napari layer data, (data, kwargs, type):
+    the image file opened lazily (when it exists; none when `image_scale`, the scale of an image
+    layer already shown, is given), then the multiscale labels."""
     levels, scale, label_name = label_levels(result)
     title = name or label_name
-    if image_layer is None and image is not None and Path(image).exists():
+    out = []
+    if image_scale is None and image is not None and Path(image).exists():
         arrays, axes = image_levels(Path(image))
         spatial = iter(scale)
         per_axis = [next(spatial, 1.0) if a in "ZYX" else 1.0 for a in axes]
@@ -71,12 +73,22 @@ def add_result(viewer, result: Path, image: Path | None, image_layer=None, name:
         if "C" in axes and arrays[0].shape[axes.index("C")] > 1:
             kwargs["channel_axis"] = axes.index("C")
             del per_axis[axes.index("C")]
-        viewer.add_image(arrays if len(arrays) > 1 else arrays[0], scale=per_axis, **kwargs)
-    elif image_layer is not None:
-        scale = list(image_layer.scale)[-len(scale):]
+        out.append((arrays if len(arrays) > 1 else arrays[0], {**kwargs, "scale": per_axis}, "image"))
+    elif image_scale is not None:
+        scale = list(image_scale)[-len(scale):]
     # napari takes a pyramid as a list of two or more levels; a one-level mask is its zarr array
-    return viewer.add_labels(levels if len(levels) > 1 else levels[0], multiscale=len(levels) > 1,
-                             scale=scale, name=title)
+    out.append((levels if len(levels) > 1 else levels[0], {"multiscale": len(levels) > 1, "scale": scale, "name": title},
+                "labels"))
+    return out
+
+
+def add_result(viewer, result: Path, image: Path | None, image_layer=None, name: str | None = None):
+    """Add a published (or cached) mask over its image (result_layers): the image layer given,
+    or the image file. Returns the labels layer."""
+    layer = None
+    for data, kwargs, kind in result_layers(result, image, name, None if image_layer is None else image_layer.scale):
+        layer = viewer.add_image(data, **kwargs) if kind == "image" else viewer.add_labels(data, **kwargs)
+    return layer
 
 
 def add_substack(viewer, found):
