@@ -73,7 +73,6 @@ class CachePanel(QWidget):
             add_result(self.viewer, row["path"] / "labels.ome.zarr", image, name=f"{row['image']} ({row['key'][:8]})")
 
     def delete_selected(self) -> None:
-        from aiod import cache_tools
         chosen = self.selected()
         if not chosen:
             self.status.setText("select the results to delete first")
