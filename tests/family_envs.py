@@ -131,12 +131,13 @@ def segment_in_family(family: str, version: str, artifact: Path, image: Path, ou
 
 
 def split_vs_whole(family: str, version: str, artifact: Path, image: Path, grid, workdir: Path,
-                   params: dict | None = None, **flags) -> dict:
+                   params: dict | None = None, config: dict | None = None, **flags) -> dict:
     """tests/families/split_vs_whole.py on one image: the adapter whole, and split on `grid` with
-    the pipeline's planner and merge (and, with flags, unaligned and StarDist's big mode); returns
-    aiod.splitcheck.check's record."""
+    the pipeline's planner and merge (and, with flags, unaligned, StarDist's big mode and the
+    library's own evaluation); returns aiod.splitcheck.check's record."""
     workdir.mkdir(parents=True)
     job = {"family": family, "version": version, "artifact": str(artifact), "params": params or {},
+           "config": config or {},
            "cases": [{"name": "case", "image": str(image), "grid": list(grid), **flags}]}
     (workdir / "job.json").write_text(json.dumps(job))
     proc = run_in_family(family, "split_vs_whole.py", workdir / "job.json", cwd=workdir)

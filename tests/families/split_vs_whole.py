@@ -3,10 +3,11 @@
     python split_vs_whole.py JOB.json
 
 JOB: {"family", "version", "artifact", "params": {}, "config": {},
-      "cases": [{"name", "image", "grid": [..], "unaligned": bool, "peer": bool}]}
+      "cases": [{"name", "image", "grid": [..], "unaligned": bool, "peer": bool, "library": bool}]}
 Each case runs whole and split on the adapter's stride; with "unaligned" also split with box
 starts on any pixel (align 1, as before alignment), with "peer" (StarDist) also StarDist's own
-predict_instances_big. Prints one JSON line: {case: aiod.splitcheck.check's record}.
+predict_instances_big, with "library" also the adapter's `segment_library` (the library's own
+evaluation of each box) split against its own whole. Prints one JSON line: {case: aiod.splitcheck.check's record}.
 """
 
 import importlib
@@ -32,7 +33,8 @@ def main(job_path: Path):
         image = open_image(case["image"])
         out[case["name"]] = splitcheck.check(adapter, model, image, params, adapter.prepare(image, None, params),
                                              case["grid"], work / case["name"], artifact=artifact, config=config,
-                                             unaligned=case.get("unaligned", False), peer=case.get("peer", False))
+                                             unaligned=case.get("unaligned", False), peer=case.get("peer", False),
+                                             library=case.get("library", False))
     print(json.dumps(out))
 
 

@@ -14,6 +14,15 @@ YAMLs (`empanada_napari/configs/*.yaml`):
 2D substacks go through `Engine2d.infer`; 3D ones through `Engine3d.infer_on_axis` on the xy
 planes and `stack_postprocessing` (median over `median_slices` planes, objects tracked from
 plane to plane), or with `mode: orthoplane` through all three planes and `tracker_consensus`.
+
+The network is evaluated anchored to the image (`anchor`): the engines' own forward pass, which
+runs MitoNet once over the whole box, is replaced by one on 256-px tiles laid on the image's grid
+(anchored.py), blended; the engines' own post-processing (centres, grouping, PointRend's
+semantic map, the 3D median and tracking) then runs on those maps. MitoNet's ASPP pools its
+deepest features over its whole input and PointRend refines the 8,192 most uncertain points of
+its input: over a box they make every pixel depend on the box, over a fixed tile only on the
+tile, so a box gives the whole image's objects once its halo holds a tile and an object
+(docs/merge.md). `segment_library` keeps the engines' own evaluation of the whole box.
 Output: one instance id per object of every thing class (the classes are not kept apart in the
 labels), uint32. Engines take the GPU when torch sees one (CUDA_VISIBLE_DEVICES honoured).
 
@@ -38,11 +47,13 @@ from .runtime import local_file
 
 NAME = "empanada"
 # Peak host RAM of segment() per substack voxel, CPU, random-weight MitoNet, measured with
-# bench/family_memory_big.py (RSS sampled every 10 ms, above the level before the call): 2D
-# 676 B/voxel at 512x512, 405 at 1024x1024 (slope 314); 3D stack 529 at 8x256x256, 90 at
-# 8x512x512 (one plane at a time; the result and the trackers' run-length codes). 700 covers
-# every case. Not included: the loaded model and libraries (RUNTIME_BYTES + the artifact's
-# size) and the 3D engine's forward-matching child process (it holds the planes' run-length codes).
+# bench/family_memory_big.py (RSS sampled every 10 ms, above the level before the call), on the
+# anchored tiles: 2D 170 B/voxel at 512x512, 73 at 1024x1024 (slope 41: the blended maps, 5
+# float32 per pixel); 3D stack 557 at 8x256x256, 34 at 8x512x512 (one plane at a time; the
+# trackers' run-length codes). The engines' own pass over the whole box took up to 676. 700
+# covers every case. Not included: the loaded model and libraries (RUNTIME_BYTES + the
+# artifact's size) and the 3D engine's forward-matching child process (it holds the planes'
+# run-length codes).
 BYTES_PER_VOXEL = 700.0
 # Resident before any substack, less the artifact (the planner adds its size for the loaded
 # weights): 1041 MB (torch, empanada; the warm-up's one-off kernels included), CPU, measured
@@ -57,11 +68,17 @@ GPU_BYTES_PER_VOXEL = 2048.0
 # 254 s/Mvox: a 128x128 image and a 4x96x96 stack, random-weight MitoNet (a fixed cost per plane
 # makes small images dear).
 CPU_SECONDS_PER_MEGAVOXEL = 250.0
-# ResNet-50's theoretical receptive field is ~480 px and ASPP (rates up to 6 at stride 16) widens
-# it, but the effective one is a fraction of that; 128 px of context on each side keeps the
-# output of the core stable in practice and holds half of a 256-px object (mitochondria and
+# The anchored tiles, in the network's pixels (the image's downsampled by `downsampling`): 256 px
+# (MitoNet's training crops), every 224 from 16 before the image. Each tile's ASPP pooling and
+# PointRend points are its own, so a pixel's maps depend on its tiles alone.
+TILE, STEP, MARGIN = 256, 224, 16
+# Tiles per forward call, always that many (a tile's output never depends on its batch): 2 on a
+# CPU (0.25 s a tile against 0.35 alone, 2 cores), 8 on a GPU.
+CPU_BATCH, GPU_BATCH = 2, 8
+# Beyond the tiles, what a core object needs of its box: the centre it is grouped to, its
+# connected pixels and the size filter. 128 px holds half of a 256-px object (mitochondria and
 # nuclei at the models' 15-40 nm training pixel sizes rarely cross a larger span in one substack).
-HALO = 128
+REACH = 128
 MIN_SIZE_3D = 500  # empanada-napari's 3D default (voxels) when min_size is null; 2D: no filter
 LABEL_DIVISOR = 10_000_000  # instances per class in the engines' panoptic ids (class * divisor + id)
 CONFIG_KEYS = ("norms", "padding_factor", "thing_list", "labels", "class_names")
@@ -102,7 +119,11 @@ def min_size_3d(params) -> int:
 
 
 def min_halo(artifact: Path | None, config: dict, params) -> int:
-    return HALO
+    """One tile in image pixels (every tile that reaches the core lies wholly in the box) plus the
+    downsampling's pixels, plus REACH for the objects: 388 px at downsampling 1."""
+    from .anchored import covered
+
+    return covered(1 / params.downsampling, TILE) + REACH
 
 
 def align(artifact: Path | None, config: dict, params) -> int:
@@ -115,7 +136,7 @@ def prepare(image, channel: int | None, params) -> dict:
     if channel is None and image.n_channels > 1:
         raise ValueError(f"{NAME}: the image has {image.n_channels} channels; the models take one: "
                          "choose a channel in the samplesheet")
-    return runtime.percentile_normalisation(image, channel)
+    return {**runtime.percentile_normalisation(image, channel), "shape": list(image.spatial_shape)}
 
 
 def load(artifact: Path | None, config: dict, params):
@@ -142,11 +163,70 @@ def to_uint8(array: np.ndarray, prepared: dict) -> np.ndarray:
 
 
 def segment(model: Engines, array: np.ndarray, params, prepared: dict, spacing, origin=None) -> tuple[np.ndarray, None]:
-    """Instance labels (uint32, 0 = background) of one 2D or 3D single-channel substack."""
-    image = to_uint8(array, prepared)
+    """Instance labels (uint32, 0 = background) of one 2D or 3D single-channel substack at
+    `origin` of the image, its network evaluated on tiles anchored to the image."""
+    return _segment(model, array, params, prepared, tuple(origin or (0,) * array.ndim)), None
+
+
+def segment_library(model: Engines, array: np.ndarray, params, prepared: dict, spacing, origin=None):
+    """The engines' own evaluation, MitoNet once over the whole box: what this adapter ran before
+    its evaluation was anchored to the image (bench/split_vs_whole.py shows the difference)."""
+    return _segment(model, array, params, prepared, None), None
+
+
+def _segment(model: Engines, array: np.ndarray, params, prepared: dict, origin) -> np.ndarray:
+    image, shape = to_uint8(array, prepared), tuple(prepared.get("shape") or array.shape)
     if image.ndim == 2:
-        return instances_2d(model.engine2d().infer(image), model.config["thing_list"], params.min_size or 0), None
-    return volume_3d(model, image, params), None
+        engine = model.engine2d()
+        anchor(engine.engine, params, origin, shape)
+        return instances_2d(engine.infer(image), model.config["thing_list"], params.min_size or 0)
+    return volume_3d(model, image, params, origin, shape)
+
+
+def anchor(render, params, origin, shape) -> None:
+    """Make an engine's network pass (`render.infer`) evaluate the network on tiles laid on the
+    image's grid (anchored.run_tiles), for planes at `origin` (y, x) of planes of `shape`; None:
+    the engine's own pass over the whole plane. The engine hands `infer` the plane downsampled and
+    padded to its padding factor; the box starts on a multiple of both (`align`), so the plane's
+    pixels are the image's. The maps it returns are the blended tiles': the semantic
+    probabilities (PointRend's, at the image's resolution: packed into the tile's pixels while
+    blending), the centre heatmap and the offsets (at a quarter, unless fine_boundaries)."""
+    import torch
+    import torch.nn.functional as F
+    from empanada.inference.engines import logits_to_prob
+
+    from .anchored import run_tiles
+
+    render.__dict__.pop("infer", None)
+    if origin is None:
+        return
+    d, factor = int(params.downsampling), int(render.padding_factor)
+    starts = [o // d for o in origin]
+    lengths = [-(-(-(-n // d)) // factor) * factor for n in shape]  # ceil(ceil(n / d) / factor) * factor
+    classes, quarter = int(render.model.num_classes), render.coarse_boundaries
+    device = next(render.model.parameters()).device
+    batch = GPU_BATCH if device.type == "cuda" else CPU_BATCH
+
+    def infer(image, render_steps: int) -> dict:
+        def forward(tiles: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                out = render.model(torch.from_numpy(tiles).to(device), render_steps, not quarter)
+                sem = F.pixel_unshuffle(logits_to_prob(out["sem_logits"]), d)  # (N, classes * d * d, T, T)
+                centres = torch.cat([out["ctr_hmp"], out["offsets"]], 1)
+                if quarter:
+                    centres = centres.repeat_interleave(4, 2).repeat_interleave(4, 3)
+                return torch.cat([sem, centres], 1).float().cpu().numpy()
+
+        x = image[0].float().cpu().numpy()
+        ((maps, _seen),) = run_tiles(forward, [(x, starts, lengths)], n_out=classes * d * d + 3, tile=TILE,
+                                     step=STEP, margin=MARGIN, multiple=factor, batch=batch)
+        maps = torch.from_numpy(maps)[None].to(device)
+        sem, centres = F.pixel_shuffle(maps[:, :classes * d * d], d), maps[:, classes * d * d:]
+        if quarter:
+            centres = centres[..., ::4, ::4]
+        return {"sem": sem, "ctr_hmp": centres[:, :1].contiguous(), "offsets": centres[:, 1:].contiguous()}
+
+    render.infer = infer
 
 
 def instances_2d(pan_seg: np.ndarray, thing_list, min_size: int) -> np.ndarray:
@@ -162,13 +242,18 @@ def instances_2d(pan_seg: np.ndarray, thing_list, min_size: int) -> np.ndarray:
     return renumber[labels]
 
 
-def volume_3d(model: Engines, volume: np.ndarray, params) -> np.ndarray:
-    """empanada-napari's 3D inference: the xy stack, or the consensus of xy, xz and yz."""
+def volume_3d(model: Engines, volume: np.ndarray, params, origin, shape) -> np.ndarray:
+    """empanada-napari's 3D inference: the xy stack, or the consensus of xy, xz and yz; each
+    axis's planes anchored at their origin (None: the engine's own pass)."""
     from empanada_napari.inference import stack_postprocessing, tracker_consensus
 
     engine = model.engine3d()
-    axes = ["xy", "xz", "yz"] if params.mode == "orthoplane" else ["xy"]
-    trackers = {axis: engine.infer_on_axis(volume, axis)[1] for axis in axes}
+    axes = {"xy": (1, 2), "xz": (0, 2), "yz": (0, 1)}  # the image axes of each axis's planes
+    trackers = {}
+    for axis in ["xy", "xz", "yz"] if params.mode == "orthoplane" else ["xy"]:
+        anchor(engine.engine, params, None if origin is None else [origin[a] for a in axes[axis]],
+               [shape[a] for a in axes[axis]])
+        trackers[axis] = engine.infer_on_axis(volume, axis)[1]
     common = dict(label_divisor=LABEL_DIVISOR, min_size=min_size_3d(params), min_extent=params.min_extent, dtype=np.uint32)
     # the napari widgets run these generators in Qt threads (napari's thread_worker); headless, the
     # undecorated generator functions are called directly (thread_worker keeps them as __wrapped__)
