@@ -15,9 +15,11 @@ from the project root:
 For each case: the image (synthetic nuclei, or --image tiled up to --size), the adapter on the
 whole image, and the same adapter on its substacks (the pipeline's planner and merge,
 aiod.splitcheck) with box starts on the network's stride and, as before alignment, on any
-pixel; for StarDist also its own predict_instances_big as the peer; for Cellpose also its own
-`eval` (which resizes and tiles each box from the box's first pixel) on the whole image and split,
-as the adapter ran before its evaluation was anchored to the image. Printed: objects, F1@0.5
+pixel; for StarDist also its own predict_instances_big as the peer; for the families evaluated
+on the image's grid (Cellpose, Cellpose-SAM, Empanada, SAM 2) also the library's own evaluation
+of each box (`segment_library`: Cellpose's `eval`, which resizes and tiles the box from its first
+pixel; empanada-napari's engine, MitoNet once over the box; SAM 2's generator, the box resized
+to 1024 px) on the whole image and split, as the adapters ran before. Printed: objects, F1@0.5
 against the whole-image run (the library's own split: against its own whole), whether the objects
 are the same ones, and the wall time of each.
 The model library's threads follow OMP_NUM_THREADS (TensorFlow: TF_NUM_INTRAOP_THREADS).

@@ -147,9 +147,9 @@ WHOLE = [[0, 128], [0, 128]]  # the box the planner gives an image that fits in 
 CORNER = [[48, 128], [40, 128]]  # a box of the 128x128 image that starts on no stride
 # CONTRACT[family]: the model (`artifact`: "built" random weights, "trained" on the nuclei, or
 # none), its parameters, the box of the 128x128 image and the box of the 4x96x96 volume (or no
-# volume). Cellpose and Cellpose-SAM evaluate on the image's grid: a box smaller than a network
-# tile in an image that fits in one holds no whole tile, so theirs is the whole image (boxes of
-# part of an image: their split tests). Random networks: parameters that keep their objects
+# volume). Cellpose, Cellpose-SAM, SAM 2 and Empanada evaluate on the image's grid: a box smaller
+# than a network tile (a SAM 2 window) in an image that fits in one holds no whole tile, so
+# theirs is the whole image (boxes of part of an image: their split tests). Random networks: parameters that keep their objects
 # (tests/test_family_<family>.py say why).
 CONTRACT = {
     "classical": {"version": "nuclei", "artifact": None, "params": {}, "box": CORNER, "volume": None},
@@ -162,9 +162,9 @@ CONTRACT = {
     "sam2": {"version": None, "artifact": "built",
              "params": {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
                         "min_mask_region_area": 4},
-             "box": CORNER, "volume": [[0, 3], [0, 64], [0, 64]]},
+             "box": WHOLE, "volume": [[0, 3], [0, 96], [0, 96]]},
     "empanada": {"version": None, "artifact": "built", "params": {"min_size": 10, "min_extent": 2},
-                 "box": CORNER, "volume": None},
+                 "box": WHOLE, "volume": None},
 }
 
 

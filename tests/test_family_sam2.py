@@ -11,10 +11,16 @@ linked through z, nothing written into $HOME or the artifact's folder, nothing d
 
 from __future__ import annotations
 
+import sys
+import types
+
 import numpy as np
 import pytest
+import tifffile
 
-from aiod.models import sam2
+from aiod import splitcheck
+from aiod.imageio import open_image
+from aiod.models import params_namespace, resolve, sam2
 from family_artifacts import built_artifact, contract_run, trained_artifact  # noqa: F401
 from family_envs import nuclei_data  # noqa: F401
 
@@ -117,6 +123,57 @@ def test_sam2_objects_overlapping_less_than_link_iou_start_new_ids():
     assert volume[0].max() == 1 and volume[1].max() == 2 and set(scores) == {1, 2}
 
 
+class Piece:
+    """A piece of a labelled array, cut out lazily: what the stand-in decoder gives."""
+
+    def __init__(self, pieces, k):
+        self.pieces, self.k = pieces, k
+
+    def __getitem__(self, box):
+        return self.pieces[box] == self.k
+
+
+class WindowDependentGenerator:
+    """Records as SAM 2's generator gives them, by a rule that depends on the array it is handed:
+    the connected pieces brighter than the array's own mean, scored by their mean brightness (a
+    record's "segmentation" is (pieces, its number), decoded by the stand-in below)."""
+
+    def generate(self, rgb):
+        from scipy import ndimage as ndi
+
+        grey = rgb[..., 0].astype(float)
+        pieces, n = ndi.label(grey > grey.mean())
+        means = ndi.mean(grey, pieces, np.arange(1, n + 1))
+        return [{"segmentation": (pieces, k), "predicted_iou": float(means[k - 1] / 255), "stability_score": 0.9,
+                 "bbox": [xs.start, ys.start, xs.stop - 1 - xs.start, ys.stop - 1 - ys.start]}
+                for k, (ys, xs) in enumerate(ndi.find_objects(pieces), 1)]
+
+
+def test_sam2_windows_on_the_image_grid_make_a_split_give_the_whole_image_objects(nuclei_data, tmp_path, monkeypatch):  # noqa: F811
+    # real nuclei, 512x2688, lit unevenly: four 512x1024 windows (every 768 px); split 1x2 with the halo of
+    # 1280 px, each box holds three of them. A generator that depends on the array it is handed
+    # (SAM 2's resizes it to 1024 px and spreads its prompts over it) gives other objects for a
+    # box than for the whole image; on the windows it does not
+    amg = types.ModuleType("sam2.utils.amg")
+    amg.rle_to_mask = lambda seg: Piece(*seg)
+    for name, module in (("sam2", types.ModuleType("sam2")), ("sam2.utils", types.ModuleType("sam2.utils")),
+                         ("sam2.utils.amg", amg)):
+        monkeypatch.setitem(sys.modules, name, module)
+    path = tmp_path / "nuclei_512x2688.tif"
+    tiled = np.tile(tifffile.imread(nuclei_data / "nuclei_2d.tif"), (1, 6))[:, :2688].astype(np.float32)
+    tifffile.imwrite(path, (tiled * np.linspace(0.5, 1.5, 2688)).astype(np.uint16))  # uneven illumination
+    image = open_image(path)
+    params = params_namespace(resolve("sam2", None, None, {"min_mask_region_area": 4}))
+    prepared = sam2.prepare(image, None, params)
+    assert [sam2.windows(n) for n in image.spatial_shape] == [[0], [0, 768, 1536, 1664]]
+    run = splitcheck.check(sam2, WindowDependentGenerator(), image, params, prepared, (1, 2), tmp_path / "run",
+                           library=True)
+    assert run["halo"] == [1280, 1280] and run["starts"] == [[0, 0], [0, 64]], run
+    assert run["whole_objects"] > 300, run
+    assert run["aligned"]["same"] and run["aligned"]["f1"] == 1.0, run
+    assert not run["library"]["same"], run  # the generator on each box, as before the windows
+
+
 @pytest.fixture(scope="module")
 def sam2_run(contract_run):  # noqa: F811
     # its contract's run (tests/test_adapter_contract.py), shared: a random network's masks have
@@ -134,3 +191,4 @@ def assert_one_score_per_object(run, labels):
 def test_sam2_gives_one_predicted_iou_score_per_object_in_2d_and_3d(sam2_run):
     for name in ("image_0", "volume_0"):
         assert_one_score_per_object(sam2_run["record"]["runs"][name], sam2_run["runs"][name])
+

@@ -150,11 +150,11 @@ def test_a_random_weight_model_runs_in_the_pipeline_as_its_adapter_does(tmp_path
         assert whole[key].max() > 0, key
         assert same_partition(whole[key], adapter[f"{key}_0"]), key
 
-    # No split run here: these families' least halo (128 px; Cellpose-SAM's 320) covers these
-    # small images, so every box would see the whole image, and the merge of such boxes is tested
-    # in tests/test_merge.py (four more tasks of a large model each, minutes on a CPU). Substacks
-    # that see part of an image: the trained families' tests above, tests/test_family_stardist.py
-    # and the split test of tests/test_family_cellposesam.py.
+    # No split run here: these families' least halo (Empanada's 388 px, Cellpose-SAM's 320, SAM
+    # 2's 1280) covers these small images, so every box would see the whole image, and the merge
+    # of such boxes is tested in tests/test_merge.py (four more tasks of a large model each,
+    # minutes on a CPU). Substacks that see part of an image: the trained families' tests above,
+    # tests/test_family_stardist.py and the split tests of tests/test_family_<family>.py.
 
 
 def test_three_models_in_one_run_each_in_its_family_environment_compared_on_the_annotated_nuclei(

@@ -16,6 +16,16 @@ contested pixel (then higher stability, then the generator's order). SAM 2's own
 here instead: islands and holes smaller than it are removed from each mask, and what is left of a
 mask after overlaps is dropped when smaller. Per-object scores are the predicted IoUs.
 
+Windows anchored to the image: SAM 2 resizes its input to 1024 px and spreads its point prompts
+over it, so handed a box it would see every pixel at another scale and prompt other points than
+in the whole image. Instead the generator runs on windows laid on the image's grid (`windows`):
+1024 px (the encoder's own size, so no resize) every 768 px from the image's first pixel to its
+last, or the whole axis where it is shorter. A window keeps the masks whose box centre is nearer
+its centre than any other window's, and, as SAM's own crops do, drops those within 20 px of its
+edges where they are not the image's. The kept masks of all windows are then painted together
+(below), in an order that does not depend on the box. A box evaluates the windows that lie wholly
+in it; with a halo of a window and two object reaches it gives the whole image's objects.
+
 3D: each z slice is segmented alone; a slice's objects are linked to the previous slice's by
 overlap: pairs with IoU >= `link_iou`, best first, one-to-one; a linked object keeps the previous
 slice's id, others start a new one. Its score is the mean predicted IoU of its slices.
@@ -56,24 +66,28 @@ GPU_BYTES_PER_VOXEL = 768.0
 # 64 times as many points, so this underestimates default settings.
 CPU_SECONDS_PER_MEGAVOXEL = 400.0
 MAX_CHANNELS = 3
-# SAM 2 resizes the whole substack to 1024 px and its encoder attends globally: there is no finite
-# receptive field to state. The halo is set by object size instead: an object up to 256 px
-# across that crosses a border is seen whole by one of the two substacks.
-HALO = 128
+# The windows the generator runs on: the encoder's input size, every 768 px (a 256-px overlap:
+# objects up to 256 px across lie whole in a window that keeps them).
+WINDOW, WINDOW_STEP = 1024, 768
+# Beyond the windows, what a core object needs of its box: its own extent and that of the masks
+# it competes with for pixels (an object up to 256 px across).
+REACH = 128
+EDGE = 20  # px: a mask this near a window's edge (not the image's) is left to another window, as SAM's crops do
 
 
 def min_halo(artifact: Path | None, config: dict, params) -> int:
-    return HALO
+    """A window (every window that reaches the core lies wholly in the box) and two object
+    reaches (the masks that compete for a core pixel's, in windows of their own): 1280 px."""
+    return WINDOW + 2 * REACH
 
 
 def align(artifact: Path | None, config: dict, params) -> int:
-    """1: SAM 2 resizes the whole box to 1024 px, so no box start gives the grid another box sees;
-    its point prompts are also spread over the box. Results depend on the box (docs/merge.md)."""
+    """1: the windows are laid on the image's grid, not the box's, so a box may start on any pixel."""
     return 1
 
 
 def prepare(image, channel: int | None, params) -> dict:
-    return channel_percentiles(image, channel, MAX_CHANNELS, NAME)
+    return {**channel_percentiles(image, channel, MAX_CHANNELS, NAME), "shape": list(image.spatial_shape)}
 
 
 def load(artifact: Path | None, config: dict, params):
@@ -97,12 +111,73 @@ def load(artifact: Path | None, config: dict, params):
 
 
 def segment(model, array: np.ndarray, params, prepared: dict, spacing, origin=None) -> tuple[np.ndarray, dict | None]:
-    """Instance labels (uint32, 0 = background) and {label: predicted IoU} of a 2D or 3D substack."""
+    """Instance labels (uint32, 0 = background) and {label: predicted IoU} of a 2D or 3D substack
+    at `origin` of the image, the generator run on windows anchored to the image."""
+    rgb = to_rgb(channels_last(array, prepared))
+    shape = tuple(prepared.get("shape") or rgb.shape[:-1])
+    origin = tuple(origin or (0,) * len(shape))
+    if rgb.ndim == 3:
+        return windowed(model, rgb, origin, shape, params.min_mask_region_area)
+    return link_slices((windowed(model, plane, origin[1:], shape[1:], params.min_mask_region_area) for plane in rgb),
+                       rgb.shape[:3], params.link_iou)
+
+
+def segment_library(model, array: np.ndarray, params, prepared: dict, spacing, origin=None):
+    """SAM 2's generator on the whole box (resized to 1024 px, its prompts over the box): what this
+    adapter ran before its windows were anchored to the image (bench/split_vs_whole.py)."""
     rgb = to_rgb(channels_last(array, prepared))
     if rgb.ndim == 3:
         return masks_to_labels(model.generate(rgb), rgb.shape[:2], params.min_mask_region_area)
     return link_slices((masks_to_labels(model.generate(plane), plane.shape[:2], params.min_mask_region_area)
                         for plane in rgb), rgb.shape[:3], params.link_iou)
+
+
+def windows(length: int) -> list[int]:
+    """Window starts along an axis of the image: every WINDOW_STEP from 0, the last ending at the
+    axis's end; one window, the whole axis, where it is no longer than WINDOW."""
+    from .anchored import tile_starts
+
+    return tile_starts(length, min(WINDOW, length), WINDOW_STEP, 0)
+
+
+def windowed(model, rgb: np.ndarray, origin, shape, min_area: int, decode=None) -> tuple[np.ndarray, dict]:
+    """The generator on every window of the image that lies wholly in the box `rgb` (Y, X, 3) at
+    `origin` (y, x) of an image of `shape`; each window's own masks (nearest its centre, not at
+    its inner edges), painted together by masks_to_labels in the image's order. `decode` turns a
+    record's "segmentation" into the window's boolean mask (default: sam2's RLE decoder)."""
+    if decode is None:
+        from sam2.utils.amg import rle_to_mask as decode
+
+    size = [min(WINDOW, n) for n in shape]
+    starts = [windows(n) for n in shape]
+    centres = [np.array(s) + w / 2 for s, w in zip(starts, size)]
+    inside = [[s for s in ss if o <= s and s + w <= o + b] for ss, w, o, b in zip(starts, size, origin, rgb.shape[:2])]
+    items = []
+    for wy in inside[0]:
+        for wx in inside[1]:
+            view = rgb[wy - origin[0]:wy - origin[0] + size[0], wx - origin[1]:wx - origin[1] + size[1]]
+            for i, record in enumerate(model.generate(np.ascontiguousarray(view))):
+                x, y, w, h = (int(round(v)) for v in record["bbox"])
+                if not _owns((wy, wx), (wy + y, wx + x, wy + y + h, wx + x + w), starts, centres, size, shape):
+                    continue
+                items.append({**record, "bbox": [wx - origin[1] + x, wy - origin[0] + y, w, h], "segmentation": None,
+                              "mask": np.asarray(decode(record["segmentation"])[y:y + h + 1, x:x + w + 1], bool),
+                              "order": (wy, wx, i)})
+    return masks_to_labels(items, rgb.shape[:2], min_area)
+
+
+def _owns(window, box, starts, centres, size, shape) -> bool:
+    """Whether the window at `window` (y, x) keeps a mask whose box (y0, x0, y1, x1, image pixels,
+    ends inclusive) is `box`: its centre is nearest this window's centre (ties: the first), and
+    it lies EDGE px or more from the window's edges that are not the image's (SAM's crop rule)."""
+    for axis in (0, 1):
+        lo, hi, start = box[axis], box[axis + 2], window[axis]
+        if int(np.argmin(np.abs(centres[axis] - (lo + hi) / 2))) != starts[axis].index(start):
+            return False
+        end = start + size[axis]
+        if (start > 0 and lo - start <= EDGE) or (end < shape[axis] and end - hi <= EDGE):
+            return False
+    return True
 
 
 def to_rgb(scaled: np.ndarray) -> np.ndarray:
@@ -118,19 +193,22 @@ def to_rgb(scaled: np.ndarray) -> np.ndarray:
 
 
 def masks_to_labels(records: list[dict], shape: tuple[int, int], min_area: int, decode=None) -> tuple[np.ndarray, dict]:
-    """Paint the generator's masks into one label image; overlaps go to the higher predicted IoU.
-    `decode` turns a record's "segmentation" into a boolean mask (default: sam2's RLE decoder)."""
+    """Paint the generator's masks into one label image; overlaps go to the higher predicted IoU
+    (then stability, then the record's "order", else its index). `decode` turns a record's
+    "segmentation" into a boolean mask (default: sam2's RLE decoder); a record with a "mask" (its
+    bbox's pixels) needs none."""
     if decode is None:
         from sam2.utils.amg import rle_to_mask as decode
 
-    order = sorted(range(len(records)),
-                   key=lambda i: (-records[i]["predicted_iou"], -records[i]["stability_score"], i))
+    order = sorted(range(len(records)), key=lambda i: (-records[i]["predicted_iou"], -records[i]["stability_score"],
+                                                        records[i].get("order", i)))
     labels = np.zeros(shape, dtype=np.uint32)
     scores = {}
     for i in order:
         x, y, w, h = (int(round(v)) for v in records[i]["bbox"])
         box = (slice(y, y + h + 1), slice(x, x + w + 1))
-        mask = np.asarray(decode(records[i]["segmentation"]), dtype=bool)[box]
+        record = records[i]  # its mask: the whole image's (decoded) or, as "mask", its box's
+        mask = record["mask"] if "mask" in record else np.asarray(decode(record["segmentation"])[box], dtype=bool)
         if min_area > 0:
             mask = drop_small_regions(mask, min_area)
         mask = mask & (labels[box] == 0)
