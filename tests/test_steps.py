@@ -185,6 +185,19 @@ def test_small_overlap_is_raised_to_the_models_minimum(tmp_path, image, model_js
     assert "overlap raised to 24 px" in capsys.readouterr().out
 
 
+def test_a_volume_needs_less_halo_along_z_where_its_model_sees_one_plane_at_a_time():
+    from aiod.models import empanada, halo_floor, params_namespace, resolve, sam2
+
+    stack = params_namespace(resolve("empanada", None, None, {}))
+    ortho = params_namespace(resolve("empanada", None, None, {"mode": "orthoplane"}))
+    assert halo_floor(empanada, None, {}, stack, "YX") == (388, 388)  # a 256-px tile and an object
+    assert halo_floor(empanada, None, {}, stack, "ZYX") == (128 + stack.median_slices // 2, 388, 388)
+    assert halo_floor(empanada, None, {}, ortho, "ZYX") == (388, 388, 388)  # XZ and YZ planes are tiled too
+    everything = params_namespace(resolve("sam2", None, None, {}))
+    assert halo_floor(sam2, None, {}, everything, "ZYX") == (128, 1280, 1280)
+    assert halo_floor(classical, None, {}, params_namespace(resolve("classical", "nuclei", None, {})), "ZYX") == (24,) * 3
+
+
 @pytest.mark.parametrize("text, expected", [("2 GB", 2 * 1024**3), ("512MB", 512 * 1024**2), ("1.5 GiB", int(1.5 * 1024**3)),
                                             ("4.GB", 4 * 1024**3), ("100", 100)])
 def test_memory_sizes_are_read_as_nextflow_writes_them(text, expected):

@@ -19,18 +19,19 @@ from pathlib import Path
 import zarr
 
 from . import evaluate, imageio, merge, metrics, planner, substack_labels
-from .models import get_adapter
+from .models import get_adapter, halo_floor
 
 BOX = 1024  # largest side of a box (pixels; 3D: BOX_3D)
 BOX_3D = 192
 
 
-def _segment_to_disk(adapter, model, image, channel, params, halo: int, align, folder: Path):
-    """The image's labels, segmented box by box and merged, as a zarr array in `folder`."""
+def _segment_to_disk(adapter, model, image, channel, params, halo, align, folder: Path):
+    """The image's labels, segmented box by box and merged, as a zarr array in `folder`; `halo`
+    per spatial axis."""
     shape = image.spatial_shape
     side = BOX if len(shape) == 2 else BOX_3D
     plan = planner.plan_substacks(shape, image.spatial_axes, tuple(max(1, math.ceil(n / side)) for n in shape),
-                                  (halo,) * len(shape), bytes_per_voxel=1, memory_budget=None, align=align)
+                                  halo, bytes_per_voxel=1, memory_budget=None, align=align)
     prepared = adapter.prepare(image, channel, params)
     spacing = image.scale or (1.0,) * len(shape)
     paths = []
@@ -56,12 +57,12 @@ def score_model(adapter_name: str, artifact, config: dict, params, items, folder
     folder = Path(folder)
     shutil.rmtree(folder, ignore_errors=True)
     model = adapter.load(artifact, config, params)
-    halo = adapter.min_halo(artifact, config, params)
     align = adapter.align(artifact, config, params)
     rows, all_scores = [], []
     for item in items:
         (folder / item.id).mkdir(parents=True)
         with imageio.open_image(item.image, item.axes) as image:
+            halo = halo_floor(adapter, artifact, config, params, image.spatial_axes)
             labels = _segment_to_disk(adapter, model, image, item.channel, params, halo, align, folder / item.id)
         with imageio.open_image(item.ground_truth) as gt:
             table = metrics.contingency(evaluate._Blocks(gt), labels)

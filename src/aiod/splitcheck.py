@@ -26,6 +26,7 @@ import numpy as np
 
 from . import merge, planner, substack_labels
 from .metrics import match_labels
+from .models import halo_floor
 
 
 @dataclass
@@ -45,10 +46,10 @@ def split_and_whole(adapter, model, image, params, prepared, grid, workdir: Path
     config = config or {}
     ndim = len(image.spatial_shape)
     spacing = image.scale or (1.0,) * ndim
-    halo = max(int(overlap), adapter.min_halo(artifact, config, params))
+    halo = tuple(max(int(overlap), f) for f in halo_floor(adapter, artifact, config, params, image.spatial_axes))
     if align is None:
         align = adapter.align(artifact, config, params)
-    the_plan = planner.plan_substacks(image.spatial_shape, image.spatial_axes, tuple(grid), (halo,) * ndim,
+    the_plan = planner.plan_substacks(image.spatial_shape, image.spatial_axes, tuple(grid), halo,
                                       bytes_per_voxel=1, memory_budget=None, align=align)
     started = time.time()
     whole, _ = segment(model, image.read(tuple(slice(0, n) for n in image.spatial_shape)), params, prepared, spacing)

@@ -19,6 +19,10 @@ level, and provides:
     min_halo(artifact, config, params) -> int
                                     the least overlap (pixels) that keeps results local; reads
                                     at most small files of the artifact, never loads the model
+    min_halo_z(artifact, config, params) -> int
+                                    optional: the least overlap along a volume's Z where it is
+                                    less (a network that sees one plane at a time); without it,
+                                    min_halo. `halo_floor` gives both per axis
     prepare(image, channel, params) -> dict
                                     image-wide values computed once at plan time from a bounded
                                     sample (thresholds, normalisation), identical for every substack
@@ -55,6 +59,14 @@ def get_adapter(name: str) -> types.ModuleType:
         if exc.name != f"{__name__}.{name}":
             raise
         raise ModelError(f"no adapter '{name}' in aiod.models (a family's manifest names its adapter; see docs/adding-a-model.md)") from None
+
+
+def halo_floor(adapter, artifact, config: dict, params, spatial_axes: str) -> tuple[int, ...]:
+    """The adapter's least overlap per spatial axis: min_halo, and min_halo_z along Z where the
+    adapter has one."""
+    xy = int(adapter.min_halo(artifact, config, params))
+    z = int(getattr(adapter, "min_halo_z", adapter.min_halo)(artifact, config, params))
+    return tuple(z if axis == "Z" else xy for axis in spatial_axes)
 
 
 def params_namespace(spec: dict) -> types.SimpleNamespace:

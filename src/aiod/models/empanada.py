@@ -126,6 +126,15 @@ def min_halo(artifact: Path | None, config: dict, params) -> int:
     return covered(1 / params.downsampling, TILE) + REACH
 
 
+def min_halo_z(artifact: Path | None, config: dict, params) -> int:
+    """Along a volume's Z in stack mode the network sees one plane at a time: REACH, plus the
+    median's half (median_slices planes). Ortho-plane mode tiles the XZ and YZ planes too:
+    min_halo."""
+    if params.mode == "orthoplane":
+        return min_halo(artifact, config, params)
+    return REACH + params.median_slices // 2
+
+
 def align(artifact: Path | None, config: dict, params) -> int:
     """The config's padding_factor (the network's total stride, which the engine pads each image
     to), times the downsampling applied before the network."""

@@ -81,6 +81,11 @@ def min_halo(artifact: Path | None, config: dict, params) -> int:
     return WINDOW + 2 * REACH
 
 
+def min_halo_z(artifact: Path | None, config: dict, params) -> int:
+    """A volume is segmented slice by slice and the slices linked: along Z, REACH."""
+    return REACH
+
+
 def align(artifact: Path | None, config: dict, params) -> int:
     """1: the windows are laid on the image's grid, not the box's, so a box may start on any pixel."""
     return 1

@@ -12,7 +12,7 @@ from .. import RESULT_FORMAT_VERSION, batches, claims, imageio, planner
 from ..cache import Cache, cache_key
 from ..errors import InputError, PlanError
 from ..fingerprint import INDEX_DIR, check_mode, fingerprint, remembered
-from ..models import get_adapter, params_namespace
+from ..models import get_adapter, halo_floor, params_namespace
 from . import JOB_FORMAT, MERGE_SETTINGS, artifact_path, log
 
 
@@ -99,10 +99,11 @@ def substack_plan(image, model: dict, num_substacks: str, overlap: str, substack
               "fixed_bytes": adapter.RUNTIME_BYTES + size_on_disk(artifact_path(model)),
               "align": adapter.align(artifact_path(model), artifact.get("config", {}), params)}
     the_plan = planner.plan_substacks(image.spatial_shape, image.spatial_axes, requested, halo, **sizing)
-    floor = adapter.min_halo(artifact_path(model), artifact.get("config", {}), params)
-    if min(the_plan.overlap) < floor:
-        log(f"overlap raised to {floor} px: the least {model['family']}/{model['version']} needs for seam-free results")
-        wider = tuple(float(max(floor, o)) for o in the_plan.overlap)
+    floor = halo_floor(adapter, artifact_path(model), artifact.get("config", {}), params, image.spatial_axes)
+    if any(o < f for o, f in zip(the_plan.overlap, floor)):
+        least = f"{floor[0]} px" if len(set(floor)) == 1 else f"{','.join(map(str, floor))} px ({image.spatial_axes})"
+        log(f"overlap raised to {least}: the least {model['family']}/{model['version']} needs for seam-free results")
+        wider = tuple(float(max(f, o)) for f, o in zip(floor, the_plan.overlap))
         the_plan = planner.plan_substacks(image.spatial_shape, image.spatial_axes, requested, wider, **sizing)
     return the_plan, sizing
 
