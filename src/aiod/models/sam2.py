@@ -43,21 +43,23 @@ from . import runtime
 from .runtime import channel_percentiles, channels_last, local_file
 
 NAME = "sam2"
-# Peak host RAM of segment() per substack voxel, CPU, Hiera-tiny, measured with
-# bench/family_memory_big.py (RSS sampled every 10 ms, above the level before the call; one
-# batch of 64 points, every mask kept): ~1.8 GB whatever the size up to 1024x1024 (the encoder
-# works at 1024x1024), then ~1010 bytes/voxel (slope 1024x1024 -> 1536x1536: a points batch's 3
-# float32 mask logits per point at full substack size, their thresholded copies, RLEs):
-# 1792 B/voxel at 1024x1024, 1357 at 1536x1536. 1800 covers substacks from 1024x1024 up. Not
-# included: the loaded model and libraries (fixed per task): RUNTIME_BYTES + the artifact's size.
-BYTES_PER_VOXEL = 1800.0
+# Peak host RAM of segment(), CPU, Hiera-tiny, measured with bench/family_memory_big.py (RSS
+# sampled every 10 ms, above the level before the call; one batch of 64 points, every mask kept):
+# 1820 MB at 1024x1024 (one window), 1874 MB at 1536x1536 (four windows, one at a time). The
+# generator's working set is one window's whatever the box (the encoder at 1024x1024, a points
+# batch's 3 float32 mask logits per point at window size, their thresholded copies): WINDOW_BYTES,
+# held by every task, so counted in RUNTIME_BYTES. Per box voxel: the slope between the two, 43
+# B (the RGB box, the kept masks' crops, the labels); 100 covers it. (Before the windows, the
+# generator worked on the whole box: 1010 B/voxel.)
+WINDOW_BYTES = 1850 * 2**20
+BYTES_PER_VOXEL = 100.0
 # Resident before any substack, less the artifact (the planner adds its size for the loaded
 # weights): 1282 MB for hiera_tiny (torch, hydra, sam2; numba with the object table's compiled
-# pass), CPU, measured with bench/task_memory.py.
-RUNTIME_BYTES = 1408 * 2**20
+# pass), CPU, measured with bench/task_memory.py; plus a window's working set.
+RUNTIME_BYTES = 1408 * 2**20 + WINDOW_BYTES
 # Estimate, not measured (no GPU here): the encoder works at 1024x1024 whatever the substack (a
-# fixed cost); per voxel, a batch of points_per_batch x 3 float32 mask logits at full substack
-# size: 64 x 3 x 4 bytes.
+# fixed cost); per voxel, as before the windows, a batch of points_per_batch x 3 float32 mask
+# logits: 64 x 3 x 4 bytes (now at window size, so this overestimates boxes beyond a window).
 GPU_BYTES_PER_VOXEL = 768.0
 # CPU time of segment() per million voxels: the suite's pipeline runs (`make test`, an idle 2-core
 # AVX2 EPYC, 2026-12-04: `segment` seconds in each task's log over its boxes' voxels). Only an
